@@ -1,0 +1,266 @@
+/**
+ * The guest's client for shed's plugin bus: `POST /v1/publish` to shed-agent
+ * (`http://127.0.0.1:498/v1/publish`) or to a broker socket
+ * (`unix:/abs/path.sock`), with a deadline, and every failure mapped to a
+ * BusError that says what happened and what to do.
+ *
+ * Imports are kept to node:http and the envelope schemas: the docker helper
+ * starts a process per registry operation and pays for every module loaded.
+ */
+import http from 'node:http';
+import { ApiErrorBody, Envelope, isErrorPayload, type Payload } from '../protocol/envelope.js';
+
+export const DEFAULT_PUBLISH_URL = 'http://127.0.0.1:498/v1/publish';
+export const DEFAULT_DEADLINE_MS = 3000;
+export const HOST_AGENT_START_HINT = 'start it on the host with `shed-host-agent run --config ~/.config/shed/extensions.yaml`';
+
+export type BusErrorKind =
+  /** Nothing listens at the publish URL (shed-agent down, or broker socket missing). */
+  | 'unreachable'
+  /** The publish API answered an error status (NO_CONNECTION, TIMEOUT, ...). */
+  | 'api'
+  /** No answer before the client's deadline. */
+  | 'deadline'
+  /** The host answered with an error payload (its code and text). */
+  | 'host'
+  /** The answer was not what the protocol says. */
+  | 'malformed';
+
+export class BusError extends Error {
+  override readonly name = 'BusError';
+  constructor(
+    readonly kind: BusErrorKind,
+    /** The API or host error code, or a local one (UNREACHABLE, DEADLINE, MALFORMED_RESPONSE). */
+    readonly code: string,
+    message: string,
+    /** What the user should do next. */
+    readonly hint: string,
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+
+  /** `message (hint)` on one line, for logs and status files. */
+  describe(): string {
+    return this.hint ? `${this.message}; ${this.hint}` : this.message;
+  }
+}
+
+export interface PublishTarget {
+  /** The URL as given, for messages. */
+  url: string;
+  socketPath?: string;
+  host?: string;
+  port?: number;
+  path: string;
+}
+
+/** Parse `http://host:port/path` or `unix:/abs/path.sock` (HTTP to /v1/publish over the socket). */
+export function parsePublishUrl(url: string): PublishTarget {
+  if (url.startsWith('unix:')) {
+    const socketPath = url.slice('unix:'.length);
+    if (!socketPath.startsWith('/')) {
+      throw new Error(`publish URL ${url} must name an absolute socket path, like unix:/run/shed/my-shed.sock`);
+    }
+    return { url, socketPath, path: '/v1/publish' };
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new Error(`publish URL ${JSON.stringify(url)} is not a URL; use http://127.0.0.1:498/v1/publish or unix:/path/to.sock`);
+  }
+  if (parsed.protocol !== 'http:') {
+    throw new Error(`publish URL ${url} must use http: or unix: (shed-agent speaks plain HTTP on loopback)`);
+  }
+  return {
+    url,
+    host: parsed.hostname.replace(/^\[(.*)\]$/, '$1'),
+    port: parsed.port ? Number(parsed.port) : 80,
+    path: `${parsed.pathname}${parsed.search}` || '/v1/publish',
+  };
+}
+
+export interface BusClientOptions {
+  publishUrl?: string;
+  /** Default deadline of each call, in milliseconds. */
+  deadlineMs?: number;
+}
+
+export interface CallOptions {
+  deadlineMs?: number;
+}
+
+export class BusClient {
+  readonly target: PublishTarget;
+  readonly deadlineMs: number;
+  private readonly agent: http.Agent;
+
+  constructor(options: BusClientOptions = {}) {
+    this.target = parsePublishUrl(options.publishUrl ?? DEFAULT_PUBLISH_URL);
+    this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
+    // Keep-alive: the ssh agent signs several times per login; reusing the
+    // connection keeps the added latency well under a millisecond.
+    this.agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+  }
+
+  /**
+   * Publish a request and wait for the host's answer. Resolves with the
+   * response payload; an error payload from the host rejects with kind `host`.
+   */
+  async publish(namespace: string, payload: Payload, options: CallOptions = {}): Promise<Payload> {
+    const envelope = await this.request(namespace, payload, options.deadlineMs ?? this.deadlineMs);
+    if (isErrorPayload(envelope.payload)) {
+      const { code, error } = envelope.payload;
+      throw new BusError('host', code, `the host refused ${namespace} ${String(payload.operation ?? '')}: ${error} (${code})`, hostHint(code));
+    }
+    return envelope.payload;
+  }
+
+  /** `{"operation":"ping"}`; resolves when the namespace's host listener answers `{"status":"ok"}`. */
+  async ping(namespace: string, options: CallOptions = {}): Promise<void> {
+    const answer = await this.publish(namespace, { operation: 'ping' }, options);
+    if (answer.status !== 'ok') {
+      throw new BusError('malformed', 'MALFORMED_RESPONSE', `ping on ${namespace} answered ${JSON.stringify(answer).slice(0, 200)}`, MISMATCH_HINT);
+    }
+  }
+
+  /** Release pooled connections. */
+  close(): void {
+    this.agent.destroy();
+  }
+
+  private request(namespace: string, payload: Payload, deadlineMs: number): Promise<Envelope> {
+    const body = JSON.stringify({ namespace, type: 'request', payload });
+    const t = this.target;
+    return new Promise<Envelope>((resolve, reject) => {
+      let settled = false;
+      const finish = (fn: () => void) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        fn();
+      };
+      const req = http.request(
+        {
+          agent: this.agent,
+          method: 'POST',
+          socketPath: t.socketPath,
+          host: t.host,
+          port: t.port,
+          path: t.path,
+          headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', (err) => finish(() => reject(this.transportError(err, namespace))));
+          res.on('end', () => finish(() => {
+            try {
+              resolve(this.interpret(res.statusCode ?? 0, Buffer.concat(chunks).toString('utf8'), namespace));
+            } catch (err) {
+              reject(err);
+            }
+          }));
+        },
+      );
+      const timer = setTimeout(() => {
+        finish(() => reject(new BusError(
+          'deadline',
+          'DEADLINE',
+          `no answer on ${namespace} within ${formatMs(deadlineMs)}: shed-host-agent may not be running`,
+          HOST_AGENT_START_HINT,
+        )));
+        req.destroy();
+      }, deadlineMs);
+      req.on('error', (err) => finish(() => reject(this.transportError(err, namespace))));
+      req.end(body);
+    });
+  }
+
+  private interpret(status: number, text: string, namespace: string): Envelope {
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      throw new BusError('malformed', 'MALFORMED_RESPONSE', `${this.target.url} answered ${status} with a body that is not JSON`, MISMATCH_HINT, status);
+    }
+    if (status !== 200) {
+      const parsed = ApiErrorBody.safeParse(json);
+      if (!parsed.success) {
+        throw new BusError('malformed', 'MALFORMED_RESPONSE', `${this.target.url} answered ${status} without an error body`, MISMATCH_HINT, status);
+      }
+      const { code, message } = parsed.data.error;
+      throw new BusError('api', code, `publish on ${namespace} failed: ${message} (${status} ${code})`, apiHint(code), status);
+    }
+    const parsed = Envelope.safeParse(json);
+    if (!parsed.success || parsed.data.type !== 'response') {
+      throw new BusError('malformed', 'MALFORMED_RESPONSE', `${this.target.url} answered 200 with something that is not a response envelope`, MISMATCH_HINT, status);
+    }
+    return parsed.data;
+  }
+
+  private transportError(err: NodeJS.ErrnoException, namespace: string): BusError {
+    const t = this.target;
+    const code = err.code ?? 'EIO';
+    if (t.socketPath) {
+      if (code === 'ENOENT' || code === 'ECONNREFUSED') {
+        return new BusError('unreachable', 'UNREACHABLE', `cannot reach the broker socket ${t.socketPath} (${code})`,
+          'check that shed-host-agent is running with this shed in its policy and that its socket is mounted here');
+      }
+      if (code === 'EACCES') {
+        return new BusError('unreachable', 'UNREACHABLE', `no permission to connect to ${t.socketPath}`,
+          'the broker socket is mode 0600: run as the user that owns it, or mount it for this user');
+      }
+    } else if (code === 'ECONNREFUSED') {
+      return new BusError('unreachable', 'UNREACHABLE', `nothing listens on ${t.host}:${t.port} (shed-agent is not running)`,
+        'start shed-agent in this VM (`systemctl start shed-agent`) or pass --publish-url');
+    }
+    if (code === 'ECONNRESET' || code === 'EPIPE') {
+      return new BusError('unreachable', 'CONNECTION_LOST', `the connection to ${t.url} dropped during ${namespace} (${code})`,
+        'retry; if it keeps happening check shed-agent or the broker logs');
+    }
+    return new BusError('unreachable', 'UNREACHABLE', `cannot reach ${t.url}: ${err.message}`, 'check --publish-url and that shed-agent is running');
+  }
+}
+
+const MISMATCH_HINT = 'the peer at the publish URL does not speak shed\'s bus protocol; check --publish-url and the shed-agent version';
+
+function apiHint(code: string): string {
+  switch (code) {
+    case 'NO_CONNECTION':
+    case 'CONNECTION_LOST':
+      return 'this VM has no message channel to the host: check that shed-server is running and restart the shed if it persists';
+    case 'TIMEOUT':
+      return `the host did not answer; shed-host-agent may not be running: ${HOST_AGENT_START_HINT}`;
+    case 'SHUTTING_DOWN':
+      return 'shed-agent is stopping; retry once it is back';
+    case 'SEND_FAILED':
+      return 'shed-agent could not write to the host; retry, and check shed-server if it persists';
+    default:
+      return 'this is a bug in the client or a version mismatch with shed-agent; report it with the message above';
+  }
+}
+
+function hostHint(code: string): string {
+  switch (code) {
+    case 'SHED_NOT_ALLOWED':
+      return 'add this shed (or a "*" entry) to the host policy, then `shed-host-agent check`';
+    case 'NAMESPACE_DISABLED':
+      return 'the host policy disables this namespace for this shed; see `shed-host-agent policy show <shed>` on the host';
+    case 'UNKNOWN_OPERATION':
+      return 'the host\'s shed-host-agent is older than this guest; upgrade it';
+    case 'RATE_LIMITED':
+      return 'this shed exceeded its rate limit; wait a moment and retry';
+    case 'APPROVAL_DENIED':
+      return 'the request was not approved on the host';
+    case 'INTERNAL_ERROR':
+      return 'see the shed-host-agent log on the host';
+    default:
+      return 'see `shed-host-agent explain` on the host for the policy decision';
+  }
+}
+
+function formatMs(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`;
+}

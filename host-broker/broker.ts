@@ -1,0 +1,112 @@
+/**
+ * The running broker: the policy in force, the dispatcher, and the transports
+ * that feed it. `reload()` swaps the policy atomically for new requests (a
+ * request in flight keeps the one it started with) and moves direct sockets
+ * to follow the sheds the policy names.
+ */
+import type { Logger } from '../protocol/log.js';
+import { AuditLog } from './audit/audit-log.js';
+import type { AuditSink } from './audit/audit.js';
+import { Dispatcher, type Admission, type Approver } from './dispatch.js';
+import type { NamespaceHandler } from './handler.js';
+import { createHandlers } from './namespaces.js';
+import type { Policy } from './policy/policy.js';
+import { DirectSockets } from './transports/direct-sockets.js';
+import type { Transport } from './transports/transport.js';
+
+export interface BrokerOptions {
+  /** Reads and validates the policy; called at start and on every reload. Throws PolicyError when invalid. */
+  loadPolicy: () => Policy;
+  log: Logger;
+  /** Defaults to every namespace this build serves. */
+  handlers?: NamespaceHandler[];
+  /** Defaults to the JSON-lines file at the policy's `audit.path`. */
+  audit?: AuditSink;
+  approver?: Approver;
+  admission?: Admission;
+  /** Extra transports (tests); the policy's own are created by the broker. */
+  transports?: Transport[];
+}
+
+export class Broker {
+  private current: Policy | undefined;
+  private dispatcher: Dispatcher | undefined;
+  private direct: DirectSockets | undefined;
+  private transports: Transport[] = [];
+  private audit: AuditSink | undefined;
+
+  constructor(private readonly options: BrokerOptions) {}
+
+  get policy(): Policy {
+    if (!this.current) throw new Error('the broker has not started');
+    return this.current;
+  }
+
+  /** The direct-socket transport, when the policy enables it. */
+  get directSockets(): DirectSockets | undefined {
+    return this.direct;
+  }
+
+  async start(): Promise<void> {
+    const { log } = this.options;
+    this.current = this.options.loadPolicy();
+    const policy = this.current;
+    this.audit = this.options.audit ?? new AuditLog(policy.audit.path);
+    const handlers = this.options.handlers ?? createHandlers({ log });
+    this.dispatcher = new Dispatcher({
+      policy: () => this.policy,
+      handlers,
+      audit: this.audit,
+      log,
+      approver: this.options.approver,
+      admission: this.options.admission,
+    });
+    const transports: Transport[] = [...(this.options.transports ?? [])];
+    if (policy.direct.enabled) {
+      this.direct = new DirectSockets({ socketsDir: policy.direct.socketsDir, sheds: policy.namedSheds(), log });
+      transports.push(this.direct);
+    }
+    if (transports.length === 0) {
+      throw new Error('the policy enables no transport: add a `server:` section or leave `direct:` enabled');
+    }
+    const dispatcher = this.dispatcher;
+    for (const transport of transports) {
+      await transport.start((envelope, shed, reply) => {
+        dispatcher.dispatch(envelope, shed).then(
+          (answer) => (answer ? reply(answer) : undefined),
+          (err: Error) => log.error(`dispatch failed for shed ${shed}: ${err.name}`),
+        ).catch((err: Error) => log.warn(`could not answer shed ${shed}: ${err.message}`));
+      });
+      this.transports.push(transport);
+      log.info(`listening: ${transport.description}`);
+    }
+    if (policy.hasWildcard()) {
+      log.info('the "*" entry admits unnamed sheds over shed-server; it has no direct socket');
+    }
+  }
+
+  /**
+   * Re-read the policy. A valid one replaces the old for new requests and
+   * moves the direct sockets; an invalid one is refused and the old stays.
+   * Returns the error when refused.
+   */
+  async reload(): Promise<Error | undefined> {
+    let next: Policy;
+    try {
+      next = this.options.loadPolicy();
+    } catch (err) {
+      this.options.log.error(`policy reload refused, the previous policy stays in force: ${(err as Error).message}`);
+      return err as Error;
+    }
+    this.current = next;
+    await this.direct?.setSheds(next.namedSheds());
+    this.options.log.info(`policy reloaded from ${next.files.join(', ')}: ${next.namedSheds().length} named sheds${next.hasWildcard() ? ' and "*"' : ''}`);
+    return undefined;
+  }
+
+  async stop(): Promise<void> {
+    for (const t of this.transports.splice(0)) await t.stop();
+    await this.dispatcher?.close();
+    await this.audit?.close?.();
+  }
+}

@@ -1,0 +1,192 @@
+/**
+ * The one place where transports meet namespaces: validate the envelope,
+ * refuse what the shed's policy does not admit, answer `ping`, route to the
+ * handler, record the outcome in the audit log before the answer leaves, and
+ * answer each request id at most once.
+ */
+import { CommonCode } from '../protocol/codes.js';
+import { describeIssues, Envelope, errorPayload, isNamespace, type Namespace, type Payload } from '../protocol/envelope.js';
+import type { Logger } from '../protocol/log.js';
+import type { AuditEntry, AuditSink } from './audit/audit.js';
+import { DedupeWindow } from './dedupe.js';
+import { BrokerError, type ApprovalOutcome, type ApprovalSubject, type NamespaceHandler, type RequestContext } from './handler.js';
+import type { EffectiveShed } from './policy/effective.js';
+import { SECTION_OF } from './policy/effective.js';
+import type { Policy } from './policy/policy.js';
+
+/**
+ * Decides an approval for one request. Resolves with how it was approved;
+ * throws BrokerError APPROVAL_DENIED when it was not.
+ */
+export type Approver = (request: { shed: EffectiveShed; namespace: Namespace; operation: string }, subject: ApprovalSubject) => Promise<ApprovalOutcome>;
+
+/** A gate checked before a handler runs (rate limits, concurrency); may throw BrokerError, returns a release function. */
+export type Admission = (request: { shed: EffectiveShed; namespace: Namespace; operation: string; requestId: string }) => Promise<() => void>;
+
+export interface DispatcherOptions {
+  /** The policy in force; called once per request, so a reload applies to the next one. */
+  policy: () => Policy;
+  handlers: NamespaceHandler[];
+  audit: AuditSink;
+  log: Logger;
+  approver?: Approver;
+  admission?: Admission;
+  dedupe?: DedupeWindow;
+}
+
+/** Operations that are not credential operations: answered without an audit line. */
+const QUIET_OPERATIONS = new Set(['ping', 'status']);
+
+export class Dispatcher {
+  private readonly handlers = new Map<string, NamespaceHandler>();
+  private readonly dedupe: DedupeWindow;
+  private readonly abort = new AbortController();
+
+  constructor(private readonly options: DispatcherOptions) {
+    for (const h of options.handlers) this.handlers.set(h.namespace, h);
+    this.dedupe = options.dedupe ?? new DedupeWindow();
+  }
+
+  /** Namespaces with a handler. */
+  get namespaces(): Namespace[] {
+    return [...this.handlers.keys()] as Namespace[];
+  }
+
+  /**
+   * Handle one message that arrived for `shed` (named by the transport: the
+   * socket it came on, or shed-server's `shed` field; never the payload).
+   * Resolves with the response payload, or undefined when nothing must be
+   * answered (an event, a response, a repeated request id).
+   */
+  async dispatch(raw: unknown, shed: string): Promise<Payload | undefined> {
+    const parsed = Envelope.safeParse(raw);
+    if (!parsed.success) {
+      this.options.log.warn(`shed ${shed}: invalid envelope (${describeIssues(parsed.error)})`);
+      return errorPayload(CommonCode.INVALID_REQUEST, `invalid envelope: ${describeIssues(parsed.error)}`);
+    }
+    const envelope = parsed.data;
+    if (envelope.type !== 'request') {
+      this.options.log.debug(`shed ${shed}: ignoring ${envelope.type} on ${envelope.namespace}`);
+      return undefined;
+    }
+    const operation = typeof envelope.payload.operation === 'string' ? envelope.payload.operation : '';
+    const base = { shed, ns: envelope.namespace, op: operation || '(none)', request_id: envelope.id };
+
+    if (!this.dedupe.take(envelope.id)) {
+      this.options.log.warn(`shed ${shed}: request ${envelope.id} on ${envelope.namespace} seen already; not answering it twice`);
+      await this.record({ ...base, result: 'denied', detail: CommonCode.DUPLICATE_REQUEST, approval: 'none' });
+      return undefined;
+    }
+
+    const deny = async (code: string, message: string, detail: string = code) => {
+      await this.record({ ...base, result: 'denied', detail, approval: 'none' });
+      return errorPayload(code, message);
+    };
+
+    const policy = this.options.policy().resolve(shed);
+    if (!policy) {
+      return deny(CommonCode.SHED_NOT_ALLOWED, `shed ${shed} is not in the host policy; add it (or a "*" entry) to the policy file`);
+    }
+    const namespace = envelope.namespace;
+    const handler = this.handlers.get(namespace);
+    if (!isNamespace(namespace) || !handler) {
+      return deny(CommonCode.NAMESPACE_DISABLED, `this host does not serve the ${namespace.slice(0, 64)} namespace`);
+    }
+    if (!policy[SECTION_OF[namespace]].enabled) {
+      return deny(CommonCode.NAMESPACE_DISABLED, `${namespace} is disabled for shed ${shed} by the host policy`);
+    }
+    if (!operation) {
+      return deny(CommonCode.INVALID_REQUEST, 'the payload has no "operation"');
+    }
+    if (operation === 'ping') return { status: 'ok' };
+
+    return this.serve(handler, policy, namespace, operation, envelope, base);
+  }
+
+  private async serve(
+    handler: NamespaceHandler,
+    policy: EffectiveShed,
+    namespace: Namespace,
+    operation: string,
+    envelope: Envelope,
+    base: Pick<AuditEntry, 'shed' | 'ns' | 'op' | 'request_id'>,
+  ): Promise<Payload> {
+    const quiet = QUIET_OPERATIONS.has(operation);
+    const approver = this.options.approver ?? noApprover;
+    const ctx: RequestContext = {
+      shed: policy.name,
+      requestId: envelope.id,
+      namespace,
+      operation,
+      policy,
+      log: this.options.log,
+      signal: this.abort.signal,
+      approval: 'none',
+      async approve(subject) {
+        try {
+          ctx.approval = await approver({ shed: policy, namespace, operation }, subject);
+        } catch (err) {
+          ctx.approval = 'denied';
+          throw err;
+        }
+      },
+    };
+    let release: (() => void) | undefined;
+    let answer: Payload;
+    let entry: Omit<AuditEntry, 'ts'>;
+    try {
+      if (this.options.admission && !quiet) {
+        release = await this.options.admission({ shed: policy, namespace, operation, requestId: envelope.id });
+      }
+      answer = await handler.handle(operation, envelope.payload, ctx);
+      entry = { ...base, result: 'ok', detail: ctx.detail ?? '', approval: ctx.approval };
+    } catch (err) {
+      if (err instanceof BrokerError) {
+        answer = errorPayload(err.code, err.message);
+        entry = { ...base, result: err.result, detail: err.options.detail ?? ctx.detail ?? err.code, approval: ctx.approval };
+      } else {
+        // The text of an unexpected error may quote input or key material: the
+        // guest gets a generic message, the host log the error's kind and where.
+        this.options.log.error(`shed ${policy.name}: ${namespace} ${operation} failed (request ${envelope.id}): ${describeUnexpected(err)}`);
+        answer = errorPayload(CommonCode.INTERNAL_ERROR, `internal error in the ${namespace} handler; see the shed-host-agent log on the host (request ${envelope.id})`);
+        entry = { ...base, result: 'error', detail: CommonCode.INTERNAL_ERROR, approval: ctx.approval };
+      }
+    } finally {
+      release?.();
+    }
+    if (quiet) return answer;
+    if (!(await this.record(entry)) && this.options.policy().audit.required) {
+      return errorPayload(CommonCode.AUDIT_UNAVAILABLE, 'the host cannot write its audit log and policy requires it (audit.required); see the shed-host-agent log on the host');
+    }
+    return answer;
+  }
+
+  /** Write an audit line; false (and a loud log line) when it could not be written. */
+  private async record(entry: Omit<AuditEntry, 'ts'>): Promise<boolean> {
+    try {
+      await this.options.audit.write({ ts: new Date().toISOString(), ...entry });
+      return true;
+    } catch (err) {
+      this.options.log.error(`audit log write failed, ${entry.ns} ${entry.op} for shed ${entry.shed} is unaudited: ${(err as Error).message}`);
+      return false;
+    }
+  }
+
+  /** Abort in-flight handlers and close them. */
+  async close(): Promise<void> {
+    this.abort.abort();
+    await Promise.all([...this.handlers.values()].map((h) => h.close?.()));
+  }
+}
+
+const noApprover: Approver = async ({ shed }) => {
+  if (shed.approval.gate === 'none') return 'none';
+  throw new BrokerError(CommonCode.APPROVAL_DENIED, `approval gate ${shed.approval.gate} is not available on this host`);
+};
+
+function describeUnexpected(err: unknown): string {
+  if (!(err instanceof Error)) return typeof err;
+  const code = (err as NodeJS.ErrnoException).code;
+  const where = (err.stack ?? '').split('\n').slice(1, 4).map((l) => l.trim()).join(' < ');
+  return `${err.name}${code ? ` ${code}` : ''} at ${where}`;
+}

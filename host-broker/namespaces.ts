@@ -1,0 +1,14 @@
+/**
+ * The namespace handlers this broker serves. Each namespace folder exports a
+ * factory; the dispatcher routes by `handler.namespace`.
+ */
+import type { Logger } from '../protocol/log.js';
+import type { NamespaceHandler } from './handler.js';
+
+export interface HandlerDeps {
+  log: Logger;
+}
+
+export function createHandlers(_deps: HandlerDeps): NamespaceHandler[] {
+  return [];
+}

@@ -1,0 +1,42 @@
+/**
+ * One-line logs to stderr, shared by both sides. Callers pass facts, never
+ * secrets: key fingerprints, role ARNs, registry hosts, codes.
+ */
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+
+export interface Logger {
+  debug(message: string): void;
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+}
+
+export interface LoggerOptions {
+  level?: LogLevel;
+  /** Where lines go; stderr by default. Tests pass an array sink. */
+  write?: (line: string) => void;
+}
+
+export function createLogger(program: string, options: LoggerOptions = {}): Logger {
+  const envLevel = process.env.SHED_LOG_LEVEL as LogLevel | undefined;
+  const min = ORDER[options.level ?? (envLevel && envLevel in ORDER ? envLevel : 'info')];
+  const write = options.write ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const emit = (level: LogLevel, message: string) => {
+    if (ORDER[level] < min) return;
+    write(`${new Date().toISOString()} ${program} ${level.toUpperCase()} ${message}`);
+  };
+  return {
+    debug: (m) => emit('debug', m),
+    info: (m) => emit('info', m),
+    warn: (m) => emit('warn', m),
+    error: (m) => emit('error', m),
+  };
+}
+
+/** A logger that keeps lines in memory (tests). */
+export function memoryLogger(program = 'test'): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  return Object.assign(createLogger(program, { level: 'debug', write: (l) => lines.push(l) }), { lines });
+}

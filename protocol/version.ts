@@ -1,0 +1,2 @@
+/** The release, printed by every binary's `version`. Kept in step with package.json by a unit test. */
+export const VERSION = '0.1.0';
