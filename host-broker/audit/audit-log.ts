@@ -38,7 +38,7 @@ export class AuditLog implements AuditSink {
       this.lastError = (err as Error).message;
       await this.handle?.close().catch(() => undefined);
       this.handle = undefined;
-      throw new Error(`cannot write the audit log ${this.file}: ${this.lastError}`);
+      throw new Error(`cannot write the audit log ${this.file}: ${this.lastError}`, { cause: err });
     }
   }
 }
