@@ -1,0 +1,191 @@
+import { expect } from 'chai';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import path from 'node:path';
+import { BusClient } from '../../guest-services/bus-client.js';
+import type { NamespaceHandler } from '../../host-broker/handler.js';
+import { DirectSockets } from '../../host-broker/transports/direct-sockets.js';
+import type { RequestSink } from '../../host-broker/transports/transport.js';
+import { Envelope } from '../../protocol/envelope.js';
+import { memoryLogger } from '../../protocol/log.js';
+import { startDirectBroker, type Harness } from '../support/harness.js';
+import { spawnTracked, tempDir } from '../support/procs.js';
+
+/** Raw HTTP over a unix socket, to check the publish API byte for byte. */
+function post(socketPath: string, body: string | Buffer, options: { method?: string; path?: string } = {}): Promise<{ status: number; json: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ socketPath, method: options.method ?? 'POST', path: options.path ?? '/v1/publish', headers: { 'content-type': 'application/json' } }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, json: text ? JSON.parse(text) : undefined }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+const echo: NamespaceHandler = {
+  namespace: 'ssh-agent',
+  async handle(operation, payload, ctx) {
+    if (operation === 'hang') return new Promise(() => undefined);
+    return { operation, shed: ctx.shed, echo: payload.echo ?? null };
+  },
+};
+
+function mode(p: string): number {
+  return fs.statSync(p).mode & 0o777;
+}
+
+describe('direct sockets transport', () => {
+  let h: Harness;
+  afterEach(async () => h?.stop());
+
+  it('serves one 0600 socket per named shed in a 0700 directory, none for "*"', async () => {
+    h = await startDirectBroker({ policy: { version: 1, sheds: { alpha: {}, beta: {}, '*': {} } }, handlers: [echo] });
+    const dir = path.join(h.dir, 'socks');
+    expect(fs.readdirSync(dir).sort()).to.deep.equal(['alpha.sock', 'beta.sock']);
+    expect(mode(dir)).to.equal(0o700);
+    expect(mode(path.join(dir, 'alpha.sock'))).to.equal(0o600);
+    expect(fs.statSync(path.join(dir, 'alpha.sock')).isSocket()).to.equal(true);
+    expect(h.log.lines.join('\n')).to.match(/serving shed alpha on .*alpha\.sock/);
+  });
+
+  it('each socket is its shed: two sheds at once, no cross-talk', async () => {
+    h = await startDirectBroker({ policy: { version: 1, sheds: { alpha: {}, beta: {} } }, handlers: [echo] });
+    const clients = ['alpha', 'beta'].map((shed) => ({ shed, client: new BusClient({ publishUrl: h.publishUrl(shed) }) }));
+    try {
+      const answers = await Promise.all(
+        Array.from({ length: 40 }, (_, i) => clients[i % 2]!).map(({ shed, client }, i) =>
+          client.publish('ssh-agent', { operation: 'list', echo: `${shed}-${i}`, shed: 'mallory' }).then((a) => ({ shed, i, a }))),
+      );
+      for (const { shed, i, a } of answers) expect(a).to.deep.equal({ operation: 'list', shed, echo: `${shed}-${i}` });
+    } finally {
+      for (const { client } of clients) client.close();
+    }
+  });
+
+  it('speaks the publish API: 400 codes, 404, 405, 202 for events, 413 over 1 MiB', async () => {
+    h = await startDirectBroker({ policy: { version: 1, sheds: { alpha: {} } }, handlers: [echo] });
+    const sock = h.publishUrl('alpha').slice('unix:'.length);
+    const cases: Array<[string, number, string]> = [
+      ['not json', 400, 'INVALID_BODY'],
+      ['[1,2]', 400, 'INVALID_BODY'],
+      ['{"payload":{}}', 400, 'MISSING_NAMESPACE'],
+      ['{"namespace":""}', 400, 'MISSING_NAMESPACE'],
+      ['{"namespace":"ssh-agent","type":"response"}', 400, 'INVALID_TYPE'],
+      ['{"namespace":"ssh-agent","payload":"x"}', 400, 'INVALID_BODY'],
+    ];
+    for (const [body, status, code] of cases) {
+      const res = await post(sock, body);
+      expect(res.status, body).to.equal(status);
+      expect(res.json).to.have.nested.property('error.code', code);
+      expect(res.json).to.have.nested.property('error.message').that.is.a('string');
+    }
+    expect((await post(sock, '{}', { path: '/v2/other' })).status).to.equal(404);
+    expect((await post(sock, '', { method: 'GET' })).status).to.equal(405);
+    expect((await post(sock, '{"namespace":"ssh-agent","type":"event","payload":{"operation":"x"}}')).status).to.equal(202);
+
+    const big = Buffer.alloc(1024 * 1024 + 10, 0x20);
+    const tooBig = await post(sock, big);
+    expect(tooBig.status).to.equal(413);
+    expect(tooBig.json).to.have.nested.property('error.code', 'BODY_TOO_LARGE');
+
+    // A request answers 200 with the whole response envelope.
+    const ok = await post(sock, '{"namespace":"ssh-agent","payload":{"operation":"list"}}');
+    expect(ok.status).to.equal(200);
+    const envelope = Envelope.parse(ok.json);
+    expect(envelope).to.include({ type: 'response', namespace: 'ssh-agent' });
+    expect(envelope.in_reply_to).to.match(/^[0-9a-f-]{36}$/);
+    expect(envelope.shed?.name).to.equal('alpha');
+  });
+
+  it('answers 504 TIMEOUT when no response comes within the wait limit', async () => {
+    const dir = tempDir('shed-d');
+    const transport = new DirectSockets({ socketsDir: path.join(dir, 's'), sheds: ['alpha'], log: memoryLogger(), waitLimitMs: 150 });
+    const sink: RequestSink = () => undefined; // never replies
+    await transport.start(sink);
+    try {
+      const res = await post(transport.socketPath('alpha'), '{"namespace":"ssh-agent","payload":{"operation":"list"}}');
+      expect(res.status).to.equal(504);
+      expect(res.json).to.have.nested.property('error.code', 'TIMEOUT');
+    } finally {
+      await transport.stop();
+    }
+  });
+
+  it('answers SHUTTING_DOWN to requests waiting when it stops, and removes its sockets', async () => {
+    h = await startDirectBroker({ policy: { version: 1, sheds: { alpha: {} } }, handlers: [echo] });
+    const sock = h.publishUrl('alpha').slice('unix:'.length);
+    const waiting = post(sock, '{"namespace":"ssh-agent","payload":{"operation":"hang"}}');
+    await new Promise((r) => setTimeout(r, 100));
+    await h.stop();
+    const res = await waiting;
+    expect(res.status).to.equal(503);
+    expect(res.json).to.have.nested.property('error.code', 'SHUTTING_DOWN');
+    expect(fs.existsSync(sock)).to.equal(false);
+  });
+
+  it('replaces a stale socket file, refuses a live one and a non-socket', async () => {
+    const dir = path.join(tempDir('shed-d'), 's');
+    fs.mkdirSync(dir, { mode: 0o755 });
+    // A stale socket, as a crashed broker leaves it: bound by a process that was SIGKILLed.
+    const stalePath = path.join(dir, 'alpha.sock');
+    const crashed = spawnTracked(process.execPath, ['-e', 'require("net").createServer().listen(process.argv[1], () => console.log("up"))', stalePath]);
+    await new Promise((r) => crashed.stdout!.once('data', r));
+    crashed.kill('SIGKILL');
+    await new Promise((r) => crashed.once('exit', r));
+    expect(fs.lstatSync(stalePath).isSocket()).to.equal(true);
+
+    const log = memoryLogger();
+    const transport = new DirectSockets({ socketsDir: dir, sheds: ['alpha'], log });
+    await transport.start(() => undefined);
+    try {
+      expect(log.lines.join('\n')).to.match(/removed stale socket .*alpha\.sock/);
+      expect(log.lines.join('\n')).to.match(/tightened .* to mode 0700/);
+      expect(mode(dir)).to.equal(0o700);
+      expect(mode(stalePath)).to.equal(0o600);
+
+      // A second broker for the same shed must not steal the live socket.
+      const second = new DirectSockets({ socketsDir: dir, sheds: ['alpha'], log: memoryLogger() });
+      let error: Error | undefined;
+      await second.start(() => undefined).catch((e: Error) => (error = e));
+      expect(error?.message).to.match(/another process is serving .*alpha\.sock/);
+      expect(fs.lstatSync(stalePath).isSocket()).to.equal(true);
+    } finally {
+      await transport.stop();
+    }
+
+    fs.writeFileSync(path.join(dir, 'beta.sock'), 'not a socket');
+    const third = new DirectSockets({ socketsDir: dir, sheds: ['beta'], log: memoryLogger() });
+    let error: Error | undefined;
+    await third.start(() => undefined).catch((e: Error) => (error = e));
+    expect(error?.message).to.match(/beta\.sock exists and is not a socket; move it away/);
+    expect(fs.readFileSync(path.join(dir, 'beta.sock'), 'utf8')).to.equal('not a socket');
+  });
+
+  it('refuses a socket path too long for sun_path, naming the setting to change', async () => {
+    const dir = path.join(tempDir('shed-d'), 'x'.repeat(100));
+    const transport = new DirectSockets({ socketsDir: dir, sheds: ['alpha'], log: memoryLogger() });
+    let error: Error | undefined;
+    await transport.start(() => undefined).catch((e: Error) => (error = e));
+    expect(error?.message).to.match(/longer than .* bytes.*direct\.sockets_dir/);
+  });
+
+  it('follows the policy: a new shed gets a socket, a removed shed loses its socket', async () => {
+    h = await startDirectBroker({ policy: { version: 1, sheds: { alpha: {} } }, handlers: [echo] });
+    const dir = path.join(h.dir, 'socks');
+    expect(await h.setPolicy({ version: 1, sheds: { beta: {} } })).to.equal(undefined);
+    expect(fs.readdirSync(dir)).to.deep.equal(['beta.sock']);
+    const client = new BusClient({ publishUrl: h.publishUrl('beta') });
+    try {
+      expect(await client.publish('ssh-agent', { operation: 'list' })).to.include({ shed: 'beta' });
+    } finally {
+      client.close();
+    }
+    // An invalid policy is refused and the old one stays.
+    const err = await h.setPolicy({ version: 2 });
+    expect(err?.message).to.match(/version/);
+    expect(fs.readdirSync(dir)).to.deep.equal(['beta.sock']);
+  });
+});
