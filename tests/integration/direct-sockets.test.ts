@@ -1,7 +1,6 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import path from 'node:path';
 import { BusClient } from '../../guest-services/bus-client.js';
 import type { NamespaceHandler } from '../../host-broker/handler.js';
