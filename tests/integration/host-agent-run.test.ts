@@ -1,0 +1,85 @@
+import { expect } from 'chai';
+import fs from 'node:fs';
+import path from 'node:path';
+import { BusClient } from '../../guest-services/bus-client.js';
+import { VERSION } from '../../protocol/version.js';
+import { binCommand, capture, REPO_ROOT, run, spawnTracked, stopProcess, tempDir, waitFor } from '../support/procs.js';
+
+function writePolicy(dir: string, body: string): string {
+  const file = path.join(dir, 'extensions.yaml');
+  fs.writeFileSync(file, body, { mode: 0o600 });
+  return file;
+}
+
+describe('shed-host-agent run', () => {
+  it('serves a socket per shed, answers guests, and stops cleanly on SIGTERM and SIGINT', async () => {
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      const dir = tempDir('shed-r');
+      const socks = path.join(dir, 'socks');
+      const config = writePolicy(dir, [
+        'version: 1',
+        `direct: { sockets_dir: ${socks} }`,
+        `audit: { path: ${path.join(dir, 'audit.log')} }`,
+        'sheds:',
+        '  alpha: {}',
+        '  beta: {}',
+        '',
+      ].join('\n'));
+      const [cmd, args] = binCommand('shed-host-agent', ['run', '--config', config]);
+      const child = spawnTracked(cmd, args, { env: { ...process.env, HOME: dir, SSH_AUTH_SOCK: '' } });
+      const out = capture(child);
+      await waitFor(() => /shed-host-agent ready/.test(out.stderr()), 20_000, 'the broker to start');
+      expect(out.stderr()).to.match(/serving shed alpha on .*alpha\.sock/);
+      expect(out.stderr()).to.match(/serving shed beta on .*beta\.sock/);
+
+      const client = new BusClient({ publishUrl: `unix:${path.join(socks, 'alpha.sock')}` });
+      try {
+        await client.ping('ssh-agent');
+      } finally {
+        client.close();
+      }
+
+      child.kill(signal);
+      const code = await new Promise((resolve) => child.once('exit', resolve));
+      expect(code, out.stderr()).to.equal(0);
+      expect(out.stderr()).to.match(new RegExp(`${signal}: stopping`));
+      expect(fs.readdirSync(socks)).to.deep.equal([]);
+      await stopProcess(child);
+    }
+  });
+
+  it('refuses a broken policy with exit 1 and says what is wrong', async () => {
+    const dir = tempDir('shed-r');
+    const config = writePolicy(dir, 'version: 1\nsheds:\n  Not_A_Name: {}\n');
+    const [cmd, args] = binCommand('shed-host-agent', ['run', '--config', config]);
+    const res = await run(cmd, args, { env: { ...process.env, HOME: dir } });
+    expect(res.code).to.equal(1);
+    expect(res.stderr).to.match(/Not_A_Name/);
+    expect(res.stderr).to.match(/sheds\.Not_A_Name/);
+  });
+
+  it('names a missing policy file and how to create one', async () => {
+    const dir = tempDir('shed-r');
+    const [cmd, args] = binCommand('shed-host-agent', ['--config', path.join(dir, 'nope.yaml')]);
+    const res = await run(cmd, args, { env: { ...process.env, HOME: dir } });
+    expect(res.code).to.equal(1);
+    expect(res.stderr).to.match(/nope\.yaml/);
+    expect(res.stderr).to.match(/config-examples/);
+  });
+
+  it('prints help and version; an unknown command is a usage error', async () => {
+    const [cmd, help] = binCommand('shed-host-agent', ['--help']);
+    const h = await run(cmd, help);
+    expect(h.code).to.equal(0);
+    expect(h.stdout).to.match(/Usage: shed-host-agent/);
+    const [, version] = binCommand('shed-host-agent', ['version']);
+    expect((await run(cmd, version)).stdout.trim()).to.equal(`shed-host-agent ${VERSION}`);
+    const [, bogus] = binCommand('shed-host-agent', ['bogus']);
+    expect((await run(cmd, bogus)).code).to.equal(2);
+  });
+
+  it('VERSION matches package.json', () => {
+    const pkg = JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
+    expect(VERSION).to.equal(pkg.version);
+  });
+});
