@@ -3,12 +3,15 @@
  * factory; the dispatcher routes by `handler.namespace`.
  */
 import type { Logger } from '../protocol/log.js';
+import { createDockerHandler } from './docker/handler.js';
 import type { NamespaceHandler } from './handler.js';
 
 export interface HandlerDeps {
   log: Logger;
 }
 
-export function createHandlers(_deps: HandlerDeps): NamespaceHandler[] {
-  return [];
+export function createHandlers(deps: HandlerDeps): NamespaceHandler[] {
+  return [
+    createDockerHandler({ log: deps.log }),
+  ];
 }
