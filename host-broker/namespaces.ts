@@ -3,6 +3,7 @@
  * factory; the dispatcher routes by `handler.namespace`.
  */
 import type { Logger } from '../protocol/log.js';
+import { createAwsHandler } from './aws/handler.js';
 import { createDockerHandler } from './docker/handler.js';
 import type { NamespaceHandler } from './handler.js';
 
@@ -12,6 +13,7 @@ export interface HandlerDeps {
 
 export function createHandlers(deps: HandlerDeps): NamespaceHandler[] {
   return [
+    createAwsHandler({ log: deps.log }),
     createDockerHandler({ log: deps.log }),
   ];
 }

@@ -1,0 +1,113 @@
+/**
+ * The `aws-credentials` namespace on the host: short-lived STS credentials for
+ * the role the host policy assigns to the requesting shed. The guest never
+ * names a role, and no long-lived key leaves the host.
+ */
+import { AwsCode } from '../../protocol/codes.js';
+import type { Payload } from '../../protocol/envelope.js';
+import type { AwsCredentialsResponse, AwsStatusResponse } from '../../protocol/aws-credentials.js';
+import type { Logger } from '../../protocol/log.js';
+import { BrokerError, unknownOperation, type NamespaceHandler, type RequestContext } from '../handler.js';
+import type { EffectiveAws } from '../policy/effective.js';
+import { CredentialCache, type IssuedCredentials } from './cache.js';
+import { awsPolicyHash, formatSeconds, roleDecision } from './rules.js';
+import { assumeRole, describeStsError } from './sts.js';
+
+export interface AwsHandlerDeps {
+  log: Logger;
+  /** Shared AWS config file; the SDK's default (`$AWS_CONFIG_FILE` or `~/.aws/config`) when unset. */
+  configFile?: string;
+  /** Shared AWS credentials file; the SDK's default when unset. */
+  credentialsFile?: string;
+  /** Clock (epoch ms); tests move it. */
+  now?: () => number;
+  connectTimeoutMs?: number;
+  requestTimeoutMs?: number;
+}
+
+export function createAwsHandler(deps: AwsHandlerDeps): NamespaceHandler & { readonly cache: CredentialCache } {
+  const now = deps.now ?? Date.now;
+  const cache = new CredentialCache(now);
+  // Refreshes are shared by every waiting request, so none of them owns the
+  // STS call: it stops only when the broker does.
+  const stopping = new AbortController();
+  const stsOptions = {
+    configFile: deps.configFile,
+    credentialsFile: deps.credentialsFile,
+    connectTimeoutMs: deps.connectTimeoutMs ?? 2000,
+    requestTimeoutMs: deps.requestTimeoutMs ?? 5000,
+    now,
+  };
+
+  async function getCredentials(ctx: RequestContext): Promise<AwsCredentialsResponse> {
+    const aws = ctx.policy.aws;
+    const decision = roleDecision(aws);
+    if (!decision.allowed || !aws.role) {
+      throw refusal(ctx.shed, aws, decision.code ?? AwsCode.ROLE_NOT_FOUND, decision.rule);
+    }
+    const role = aws.role;
+    ctx.detail = role;
+    if (ctx.policy.approval.applies_to.includes('aws-credentials')) {
+      await ctx.approve({ subject: role, description: `AWS credentials for role ${role} (${formatSeconds(Math.floor(aws.session_duration / 1000))})` });
+    }
+    const key = CredentialCache.key(ctx.shed, role, awsPolicyHash(aws));
+    const hit = await cache.get(
+      ctx.shed,
+      key,
+      aws.refresh_before,
+      async () => {
+        const started = now();
+        const fresh = await assumeRole(ctx.shed, { ...aws, role }, stsOptions, stopping.signal);
+        deps.log.info(`shed ${ctx.shed}: assumed ${role} until ${iso(fresh.expiresAt)} (${Math.round(now() - started)} ms)`);
+        return fresh;
+      },
+      (err) => deps.log.warn(`shed ${ctx.shed}: refreshing ${role} failed, serving the still-valid credentials until ${iso(cache.peek(key)?.expiresAt ?? 0)}: ${
+        err instanceof BrokerError ? err.message : describeStsError(err, [])}`),
+    );
+    ctx.detail = `${role} until ${iso(hit.credentials.expiresAt)}${hit.source === 'sts' ? '' : ` (${hit.source})`}`;
+    return toPayload(hit.credentials);
+  }
+
+  function status(ctx: RequestContext): AwsStatusResponse {
+    const aws = ctx.policy.aws;
+    const role = aws.enabled && aws.role ? aws.role : null;
+    const entry = role ? cache.peek(CredentialCache.key(ctx.shed, role, awsPolicyHash(aws))) : undefined;
+    return { connected: true, role, cached_until: entry ? iso(entry.expiresAt) : null };
+  }
+
+  return {
+    namespace: 'aws-credentials',
+    cache,
+    async handle(operation: string, _payload: Payload, ctx: RequestContext): Promise<Payload> {
+      switch (operation) {
+        case 'get_credentials':
+          return getCredentials(ctx);
+        case 'status':
+          return status(ctx);
+        default:
+          throw unknownOperation('aws-credentials', operation);
+      }
+    },
+    async close() {
+      stopping.abort();
+      cache.clear();
+    },
+  };
+}
+
+function refusal(shed: string, aws: EffectiveAws, code: string, rule: string): BrokerError {
+  if (code === AwsCode.ROLE_NOT_FOUND) {
+    return new BrokerError(code, `no AWS role is assigned to shed ${shed}: set aws.role for this shed in the host policy `
+      + `(sheds: { ${shed}: { aws: { role: arn:aws:iam::<account>:role/<name> } } }), then retry`, { detail: 'no aws.role' });
+  }
+  return new BrokerError(code, `shed ${shed}: ${rule}`, { detail: aws.role ?? code });
+}
+
+function toPayload(c: IssuedCredentials): AwsCredentialsResponse {
+  return { access_key_id: c.accessKeyId, secret_access_key: c.secretAccessKey, session_token: c.sessionToken, expiration: iso(c.expiresAt) };
+}
+
+/** RFC 3339 in UTC without milliseconds, as STS and the container-credentials format write it. */
+export function iso(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
