@@ -1,0 +1,12 @@
+#!/usr/bin/env node
+/** docker-credential-shed: see helper.ts. */
+import { readAll, runHelper } from './helper.js';
+
+const code = await runHelper(process.argv.slice(2), {
+  readStdin: () => readAll(process.stdin),
+  stdout: (text) => process.stdout.write(text),
+  stderr: (text) => process.stderr.write(text),
+  env: process.env,
+});
+// Let stdout drain to a pipe before exiting.
+process.exitCode = code;
