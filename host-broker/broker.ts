@@ -10,8 +10,10 @@ import type { AuditSink } from './audit/audit.js';
 import { Dispatcher, type Admission, type Approver } from './dispatch.js';
 import type { NamespaceHandler } from './handler.js';
 import { createHandlers } from './namespaces.js';
+import { expandHome } from './policy/effective.js';
 import type { Policy } from './policy/policy.js';
 import { DirectSockets } from './transports/direct-sockets.js';
+import { ShedServerTransport, type ShedServerTimings } from './transports/shed-server.js';
 import type { Transport } from './transports/transport.js';
 
 export interface BrokerOptions {
@@ -26,6 +28,8 @@ export interface BrokerOptions {
   admission?: Admission;
   /** Extra transports (tests); the policy's own are created by the broker. */
   transports?: Transport[];
+  /** Reconnect and retry timings of the shed-server transport (tests shorten them). */
+  shedServerTimings?: Partial<ShedServerTimings>;
 }
 
 export class Broker {
@@ -65,6 +69,19 @@ export class Broker {
     if (policy.direct.enabled) {
       this.direct = new DirectSockets({ socketsDir: policy.direct.socketsDir, sheds: policy.namedSheds(), log });
       transports.push(this.direct);
+    }
+    const server = policy.server;
+    if (server) {
+      transports.push(new ShedServerTransport({
+        url: server.url,
+        namespaces: server.namespaces ?? this.dispatcher.namespaces,
+        tokenFile: server.token_file && expandHome(server.token_file),
+        tlsPin: server.tls_pin,
+        clientCert: server.client_cert && expandHome(server.client_cert),
+        clientKey: server.client_key && expandHome(server.client_key),
+        log,
+        timings: this.options.shedServerTimings,
+      }));
     }
     if (transports.length === 0) {
       throw new Error('the policy enables no transport: add a `server:` section or leave `direct:` enabled');

@@ -38,30 +38,67 @@ export interface Harness {
 
 /** A broker on direct sockets in a temp dir. */
 export async function startDirectBroker(options: HarnessOptions): Promise<Harness> {
-  const dir = tempDir('shed-h');
-  const socketsDir = path.join(dir, 'socks');
+  let socketsDir = '';
+  return startHarness(options, {
+    prefix: 'shed-h',
+    policy: (doc, dir) => {
+      socketsDir = path.join(dir, 'socks');
+      return withDirect(doc, socketsDir);
+    },
+    publishUrl: (shed) => `unix:${path.join(socketsDir, `${shed}.sock`)}`,
+  });
+}
+
+/** What a transport kind adds to the shared harness (the shed kind lives in bus-emulator.ts). */
+export interface HarnessTransport {
+  /** tempDir prefix. */
+  prefix: string;
+  /** The policy the broker loads, from the test's document and the harness's temp dir. */
+  policy(doc: Record<string, unknown>, dir: string): Record<string, unknown>;
+  publishUrl(shed: string): string;
+  /** Extra broker options (the transport's own). */
+  broker?: Partial<BrokerOptions>;
+  /** Called after the broker stopped. */
+  afterStop?(): Promise<void>;
+}
+
+/** The broker, log, audit and policy plumbing both transport kinds share. */
+export async function startHarness(options: HarnessOptions, transport: HarnessTransport): Promise<Harness> {
+  const dir = tempDir(transport.prefix);
   const log = (options.log as Harness['log']) ?? memoryLogger('shed-host-agent');
   const audit = options.audit ?? new MemoryAudit();
-  let doc = withDirect(options.policy, socketsDir);
+  let doc = transport.policy(options.policy, dir);
   const broker = new Broker({
     loadPolicy: () => policyFromDocument(doc, 'test-policy.yaml'),
     log,
     audit,
     handlers: options.handlers,
+    ...transport.broker,
     ...options.broker,
   });
-  await broker.start();
+  try {
+    await broker.start();
+  } catch (err) {
+    await broker.stop().catch(() => undefined);
+    throw err;
+  }
   return {
     broker,
     audit,
     log,
     dir,
-    publishUrl: (shed) => `unix:${path.join(socketsDir, `${shed}.sock`)}`,
+    publishUrl: (shed) => transport.publishUrl(shed),
     async setPolicy(next) {
-      doc = withDirect(next, socketsDir);
+      doc = transport.policy(next, dir);
       return broker.reload();
     },
-    stop: () => broker.stop(),
+    async stop() {
+      try {
+        await broker.stop();
+      } finally {
+        await transport.afterStop?.();
+      }
+    },
   };
 }
 
