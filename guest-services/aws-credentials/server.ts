@@ -1,0 +1,137 @@
+/**
+ * Runs the credentials app on a loopback port: the bus client, the startup
+ * ping, and the `aws-credentials.status` file.
+ */
+import fs from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { createAdaptorServer } from '@hono/node-server';
+import type { Logger } from '../../protocol/log.js';
+import { BusClient, BusError } from '../bus-client.js';
+import { createAwsApp, NAMESPACE, type BusState } from './app.js';
+
+export const STATUS_FILE = 'aws-credentials.status';
+export const STARTUP_PING_MS = 2000;
+
+export interface EndpointOptions {
+  host: string;
+  port: number;
+  publishUrl: string;
+  authToken?: string;
+  /** Where `aws-credentials.status` is written; none when unset. */
+  statusDir?: string;
+  log: Logger;
+  /** Bus deadline per request (ms). */
+  deadlineMs?: number;
+}
+
+export interface RunningEndpoint {
+  /** `http://host:port/credentials` */
+  url: string;
+  port: number;
+  /** Resolves when the startup ping has settled (and the status file says so). */
+  ready: Promise<BusState>;
+  close(): Promise<void>;
+}
+
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host);
+}
+
+export async function startAwsEndpoint(options: EndpointOptions): Promise<RunningEndpoint> {
+  const { log } = options;
+  const bus = new BusClient({ publishUrl: options.publishUrl, deadlineMs: options.deadlineMs });
+  const status = new StatusFile(options.statusDir, log);
+  const app = createAwsApp({ bus, authToken: options.authToken, log, onBusState: (s) => status.set(s) });
+  const server = createAdaptorServer({ fetch: app.fetch }) as Server;
+  server.keepAliveTimeout = 5000;
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException) => reject(listenError(err, options.host, options.port));
+    server.once('error', onError);
+    server.listen(options.port, options.host, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const shown = options.host.includes(':') ? `[${options.host}]` : options.host;
+  const url = `http://${shown}:${port}/credentials`;
+  log.info(`serving AWS credentials at ${url} (publish URL ${options.publishUrl}${options.authToken ? ', Authorization token required' : ''})`);
+
+  const ready = bus.ping(NAMESPACE, { deadlineMs: STARTUP_PING_MS }).then(
+    (): BusState => {
+      log.info(`host answered on ${NAMESPACE}: connected`);
+      return { connected: true };
+    },
+    (err: unknown): BusState => {
+      const why = err instanceof BusError ? err.describe() : (err as Error).message;
+      if (err instanceof BusError && err.kind === 'host') {
+        log.warn(`the host refused ${NAMESPACE}: ${why}`);
+        return { connected: true };
+      }
+      log.warn(`no answer from the host on ${NAMESPACE} yet (${why}); serving anyway, requests get 503 until it answers`);
+      return { connected: false, why };
+    },
+  ).then((s) => {
+    status.set(s);
+    return s;
+  });
+
+  return {
+    url,
+    port,
+    ready,
+    async close() {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      });
+      bus.close();
+      status.remove();
+    },
+  };
+}
+
+function listenError(err: NodeJS.ErrnoException, host: string, port: number): Error {
+  switch (err.code) {
+    case 'EACCES':
+      return new Error(`cannot listen on ${host}:${port}: permission denied; ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it), or pass --port`);
+    case 'EADDRINUSE':
+      return new Error(`cannot listen on ${host}:${port}: the port is in use (is another shed-ext-aws-credentials running?); stop it or pass --port`);
+    case 'EADDRNOTAVAIL':
+    case 'ENOTFOUND':
+      return new Error(`cannot listen on ${host}:${port}: no such local address; pass --host 127.0.0.1`);
+    default:
+      return new Error(`cannot listen on ${host}:${port}: ${err.message}`);
+  }
+}
+
+/** `connected` or `not connected: <why>`, rewritten only when it changes; 0600, written whole (rename). */
+class StatusFile {
+  private last: string | undefined;
+  private warned = false;
+
+  constructor(private readonly dir: string | undefined, private readonly log: Logger) {}
+
+  set(state: BusState): void {
+    const text = state.connected ? 'connected' : `not connected: ${state.why}`;
+    if (!this.dir || text === this.last) return;
+    this.last = text;
+    const file = path.join(this.dir, STATUS_FILE);
+    const tmp = `${file}.${process.pid}.tmp`;
+    try {
+      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      fs.writeFileSync(tmp, `${text}\n`, { mode: 0o600 });
+      fs.renameSync(tmp, file);
+    } catch (err) {
+      if (!this.warned) this.log.warn(`cannot write ${file}: ${(err as Error).message}; status is only in this log`);
+      this.warned = true;
+    }
+  }
+
+  remove(): void {
+    if (!this.dir) return;
+    fs.rmSync(path.join(this.dir, STATUS_FILE), { force: true });
+  }
+}
