@@ -53,6 +53,8 @@ Environment:
 export interface HelperIO {
   /** The whole of stdin (called only by `get`). */
   readStdin(): Promise<string>;
+  /** stdin is a terminal (a person typing): store and erase then do not wait for it. */
+  stdinIsTTY?: boolean;
   stdout(text: string): void;
   stderr(text: string): void;
   env: Record<string, string | undefined>;
@@ -72,6 +74,8 @@ export async function runHelper(argv: string[], io: HelperIO): Promise<number> {
       return withClient(io, (client) => list(client, io));
     case 'store':
     case 'erase':
+      // Take what the client writes (Docker sends the credentials or the URL) so it sees no broken pipe; it goes nowhere.
+      if (!io.stdinIsTTY) await io.readStdin().catch(() => '');
       io.stdout(`${PROGRAM} is read-only: ${action} is refused\n`);
       io.stderr(`${PROGRAM}: the host broker is read-only; credentials live on the host: run \`docker ${action === 'store' ? 'login' : 'logout'}\` there, not in this VM\n`);
       return 1;
@@ -168,8 +172,12 @@ function failure(err: unknown, io: HelperIO, serverUrl?: string): number {
     io.stderr(`${PROGRAM}: no credentials for ${oneLine(serverUrl).slice(0, 200)}: ${err.message}\n  ${err.hint}\n`);
     return 1;
   }
+  // The host cuts a hung credential helper off at the same 5 s: say so, not only "not running".
+  const hint = err.kind === 'deadline'
+    ? `shed-host-agent may not be running, or a credential helper on the host hangs (see the shed-host-agent log); ${err.hint}`
+    : err.hint;
   io.stdout(`${oneLine(err.message)}\n`);
-  io.stderr(`${PROGRAM}: ${err.message}\n  ${err.hint}\n`);
+  io.stderr(`${PROGRAM}: ${err.message}\n  ${hint}\n`);
   return 1;
 }
 
