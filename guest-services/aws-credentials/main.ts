@@ -73,7 +73,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (positionals.length) return usage(`unexpected argument ${JSON.stringify(positionals[0])}`);
   const port = Number(values.port);
-  if (!/^\d+$/.test(values.port) || port < 1 || port > 65535) return usage(`--port must be a port number (1-65535), not ${JSON.stringify(values.port)}`);
+  if (!/^\d+$/.test(values.port) || port > 65535) return usage(`--port must be a port number (0-65535; 0 picks a free one), not ${JSON.stringify(values.port)}`);
   const host = values.host;
   if (!isLoopbackHost(host) && !values['allow-non-loopback']) {
     return usage(`--host ${host} is not a loopback address: the credentials would be reachable from outside this machine; use 127.0.0.1, or add --allow-non-loopback if you mean it`);
