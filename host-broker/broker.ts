@@ -5,10 +5,12 @@
  * to follow the sheds the policy names.
  */
 import type { Logger } from '../protocol/log.js';
+import { Approvals } from './approval/approvals.js';
 import { AuditLog } from './audit/audit-log.js';
 import type { AuditSink } from './audit/audit.js';
 import { Dispatcher, type Admission, type Approver } from './dispatch.js';
 import type { NamespaceHandler } from './handler.js';
+import { Limits } from './limits/limits.js';
 import { createHandlers } from './namespaces.js';
 import { expandHome } from './policy/effective.js';
 import type { Policy } from './policy/policy.js';
@@ -22,9 +24,11 @@ export interface BrokerOptions {
   log: Logger;
   /** Defaults to every namespace this build serves. */
   handlers?: NamespaceHandler[];
-  /** Defaults to the JSON-lines file at the policy's `audit.path`. */
+  /** Defaults to the JSON-lines file at the policy's `audit.path` (rotated by `max_bytes`/`keep`). */
   audit?: AuditSink;
+  /** Defaults to the policy's approval gates (approval/), checked at start and on reload. */
   approver?: Approver;
+  /** Defaults to the policy's rate and concurrency limits (limits/). */
   admission?: Admission;
   /** Extra transports (tests); the policy's own are created by the broker. */
   transports?: Transport[];
@@ -38,12 +42,19 @@ export class Broker {
   private direct: DirectSockets | undefined;
   private transports: Transport[] = [];
   private audit: AuditSink | undefined;
+  private approvals: Approvals | undefined;
+  private limits: Limits | undefined;
 
   constructor(private readonly options: BrokerOptions) {}
 
   get policy(): Policy {
     if (!this.current) throw new Error('the broker has not started');
     return this.current;
+  }
+
+  /** Why the audit log cannot be written, while it cannot (for status and doctor). */
+  get auditError(): string | undefined {
+    return this.audit?.lastError;
   }
 
   /** The direct-socket transport, when the policy enables it. */
@@ -55,15 +66,20 @@ export class Broker {
     const { log } = this.options;
     this.current = this.options.loadPolicy();
     const policy = this.current;
-    this.audit = this.options.audit ?? new AuditLog(policy.audit.path);
+    if (!this.options.approver) {
+      this.approvals = new Approvals({ log });
+      await this.checkGates(policy);
+    }
+    if (!this.options.admission) this.limits = new Limits();
+    this.audit = this.options.audit ?? new AuditLog(policy.audit.path, { maxBytes: policy.audit.maxBytes, keep: policy.audit.keep, log });
     const handlers = this.options.handlers ?? createHandlers({ log });
     this.dispatcher = new Dispatcher({
       policy: () => this.policy,
       handlers,
       audit: this.audit,
       log,
-      approver: this.options.approver,
-      admission: this.options.admission,
+      approver: this.options.approver ?? this.approvals?.approver,
+      admission: this.options.admission ?? this.limits?.admission,
     });
     const transports: Transport[] = [...(this.options.transports ?? [])];
     if (policy.direct.enabled) {
@@ -111,17 +127,30 @@ export class Broker {
     let next: Policy;
     try {
       next = this.options.loadPolicy();
+      await this.checkGates(next);
     } catch (err) {
       this.options.log.error(`policy reload refused, the previous policy stays in force: ${(err as Error).message}`);
       return err as Error;
     }
     this.current = next;
+    if (this.audit instanceof AuditLog && !this.options.audit) {
+      this.audit.configure(next.audit.path, { maxBytes: next.audit.maxBytes, keep: next.audit.keep });
+    }
     await this.direct?.setSheds(next.namedSheds());
     this.options.log.info(`policy reloaded from ${next.files.join(', ')}: ${next.namedSheds().length} named sheds${next.hasWildcard() ? ' and "*"' : ''}`);
     return undefined;
   }
 
+  /** Throws, naming each shed and the fix, when a configured approval gate cannot work on this host. */
+  private async checkGates(policy: Policy): Promise<void> {
+    const problems = (await this.approvals?.check(policy)) ?? [];
+    if (problems.length > 0) {
+      throw new Error(`the approval gate cannot work on this host:\n  ${problems.join('\n  ')}`);
+    }
+  }
+
   async stop(): Promise<void> {
+    this.approvals?.close();
     for (const t of this.transports.splice(0)) await t.stop();
     await this.dispatcher?.close();
     await this.audit?.close?.();

@@ -7,6 +7,7 @@
 import { CommonCode } from '../protocol/codes.js';
 import { describeIssues, Envelope, errorPayload, isNamespace, type Namespace, type Payload } from '../protocol/envelope.js';
 import type { Logger } from '../protocol/log.js';
+import { uuidv7Time } from '../protocol/messages.js';
 import type { AuditEntry, AuditSink } from './audit/audit.js';
 import { DedupeWindow } from './dedupe.js';
 import { BrokerError, type ApprovalOutcome, type ApprovalSubject, type NamespaceHandler, type RequestContext } from './handler.js';
@@ -32,7 +33,12 @@ export interface DispatcherOptions {
   approver?: Approver;
   admission?: Admission;
   dedupe?: DedupeWindow;
+  /** How far a request id's time may be ahead of this host's clock (default MAX_CLOCK_SKEW_MS). */
+  maxClockSkewMs?: number;
 }
+
+/** Allowed clock difference between a guest and the host for request ids. */
+export const MAX_CLOCK_SKEW_MS = 60_000;
 
 /** Operations that are not credential operations: answered without an audit line. */
 const QUIET_OPERATIONS = new Set(['ping', 'status']);
@@ -72,6 +78,12 @@ export class Dispatcher {
     const operation = typeof envelope.payload.operation === 'string' ? envelope.payload.operation : '';
     const base = { shed, ns: envelope.namespace, op: operation || '(none)', request_id: envelope.id };
 
+    const dated = this.checkIdTime(envelope.id);
+    if (dated) {
+      this.options.log.warn(`shed ${shed}: request ${envelope.id} on ${envelope.namespace} refused: ${dated.message}`);
+      await this.record({ ...base, result: 'denied', detail: dated.code, approval: 'none' });
+      return errorPayload(dated.code, dated.message);
+    }
     if (!this.dedupe.take(envelope.id)) {
       this.options.log.warn(`shed ${shed}: request ${envelope.id} on ${envelope.namespace} seen already; not answering it twice`);
       await this.record({ ...base, result: 'denied', detail: CommonCode.DUPLICATE_REQUEST, approval: 'none' });
@@ -159,6 +171,29 @@ export class Dispatcher {
       return errorPayload(CommonCode.AUDIT_UNAVAILABLE, 'the host cannot write its audit log and policy requires it (audit.required); see the shed-host-agent log on the host');
     }
     return answer;
+  }
+
+  /**
+   * A request id carries its creation time (UUIDv7). One older than the
+   * dedupe window (less the allowed skew, so an id is still remembered for as
+   * long as it is accepted) cannot be told from a replay; one dated ahead of
+   * this host's clock by more than the skew is refused too.
+   */
+  private checkIdTime(id: string): { code: string; message: string } | undefined {
+    const at = uuidv7Time(id);
+    if (at === undefined) {
+      return { code: CommonCode.INVALID_REQUEST, message: 'the request id is not a UUIDv7 (time-ordered UUID, as shed-agent makes them)' };
+    }
+    const now = Date.now();
+    const skew = Math.min(this.options.maxClockSkewMs ?? MAX_CLOCK_SKEW_MS, this.dedupe.windowMs / 2);
+    if (at > now + skew) {
+      return { code: CommonCode.INVALID_REQUEST, message: `the request id is dated ${Math.round((at - now) / 1000)} s ahead of the host's clock; sync the guest's clock (NTP) and retry` };
+    }
+    const maxAge = this.dedupe.windowMs - skew;
+    if (now - at > maxAge) {
+      return { code: CommonCode.DUPLICATE_REQUEST, message: `the request id is ${Math.round((now - at) / 1000)} s old, older than the ${Math.round(maxAge / 1000)} s replay window: the host cannot tell it from a replay; send a new request (and check the guest's clock)` };
+    }
+    return undefined;
   }
 
   /** Write an audit line; false (and a loud log line) when it could not be written. */

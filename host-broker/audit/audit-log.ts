@@ -1,53 +1,183 @@
 /**
  * The JSON-lines audit log: one line per credential operation, appended and
- * flushed before the answer leaves. Directory 0700, file 0600. Writes are
- * serialized so lines never interleave.
+ * flushed to disk before the answer leaves. Directory 0700, files 0600.
+ *
+ * One writer appends in order. Lines that arrive while a flush is on the disk
+ * are written together by the next one (one datasync for the group), so a
+ * burst costs one sync, not one per line, and no line waits for a later one.
+ * When the next line would take the file past `maxBytes` the log rotates
+ * first: `file.keep-1` → `file.keep`, …, `file` → `file.1`, a new `file`. A
+ * line therefore never spans two files and is never torn by rotation.
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import type { AuditEntry, AuditSink } from './audit.js';
+import type { Logger } from '../../protocol/log.js';
+import { auditLine, type AuditEntry, type AuditSink } from './audit.js';
+
+export interface AuditLogOptions {
+  /** Rotate when the file would grow past this many bytes; 0 = never. */
+  maxBytes?: number;
+  /** Rotated files kept (`file.1` newest … `file.keep` oldest); 0 = none, the full file is dropped. */
+  keep?: number;
+  /** Where a write failure is reported, loudly. */
+  log?: Logger;
+}
+
+interface Pending {
+  line: string;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
 
 export class AuditLog implements AuditSink {
   private handle: fs.promises.FileHandle | undefined;
-  private queue: Promise<void> = Promise.resolve();
-  /** The last write error, for `status` and doctor; cleared by a good write. */
+  /** Bytes in the open file. */
+  private size = 0;
+  private pending: Pending[] = [];
+  private flushing: Promise<void> | undefined;
+  private maxBytes: number;
+  private keep: number;
+  private nextFile: string | undefined;
+  /** Why the last write failed; cleared by a good write. Reported by `status` and doctor. */
   lastError: string | undefined;
+  /** When it failed (ISO time). */
+  lastErrorAt: string | undefined;
+  /** Rotations done since start. */
+  rotations = 0;
 
-  constructor(readonly file: string) {}
+  constructor(
+    public file: string,
+    private readonly options: AuditLogOptions = {},
+  ) {
+    this.maxBytes = options.maxBytes ?? 0;
+    this.keep = options.keep ?? 5;
+  }
 
   write(entry: AuditEntry): Promise<void> {
-    const line = `${JSON.stringify(entry)}\n`;
-    const next = this.queue.then(() => this.append(line));
-    this.queue = next.catch(() => undefined);
-    return next;
+    const line = auditLine(entry);
+    return new Promise<void>((resolve, reject) => {
+      this.pending.push({ line, resolve, reject });
+      this.kick();
+    });
+  }
+
+  /** Follow a policy reload: a new path, size or count applies from the next write on. */
+  configure(file: string, options: { maxBytes: number; keep: number }): void {
+    this.maxBytes = options.maxBytes;
+    this.keep = options.keep;
+    if (file !== this.file) this.nextFile = file;
   }
 
   async close(): Promise<void> {
-    await this.queue;
-    await this.handle?.close();
+    while (this.flushing) await this.flushing;
+    await this.handle?.close().catch(() => undefined);
     this.handle = undefined;
   }
 
-  private async append(line: string): Promise<void> {
+  private kick(): void {
+    if (this.flushing) return;
+    this.flushing = (async () => {
+      while (this.pending.length > 0) await this.flush(this.pending.splice(0));
+    })().finally(() => {
+      this.flushing = undefined;
+    });
+  }
+
+  /** Write a group of lines in order; each resolves once it is on the disk. */
+  private async flush(batch: Pending[]): Promise<void> {
+    let done = 0;
     try {
-      if (!this.handle) this.handle = await openPrivate(this.file);
-      await this.handle.appendFile(line);
-      await this.handle.datasync();
+      if (this.nextFile) {
+        await this.handle?.close().catch(() => undefined);
+        this.handle = undefined;
+        this.file = this.nextFile;
+        this.nextFile = undefined;
+      }
+      if (!this.handle) await this.open();
+      while (done < batch.length) {
+        // As many lines as fit before the size limit (at least one: a line
+        // longer than the limit gets a file of its own).
+        let end = done;
+        let bytes = 0;
+        while (end < batch.length) {
+          const len = Buffer.byteLength(batch[end]!.line);
+          if (this.maxBytes > 0 && this.size + bytes + len > this.maxBytes && (this.size + bytes > 0)) break;
+          bytes += len;
+          end += 1;
+        }
+        if (end > done) {
+          await this.handle!.appendFile(batch.slice(done, end).map((p) => p.line).join(''));
+          await this.handle!.datasync();
+          this.size += bytes;
+          for (const p of batch.slice(done, end)) p.resolve();
+          done = end;
+        }
+        if (done < batch.length) await this.rotate();
+      }
       this.lastError = undefined;
+      this.lastErrorAt = undefined;
     } catch (err) {
-      this.lastError = (err as Error).message;
+      const cause = (err as Error).message;
+      if (this.lastError === undefined) this.options.log?.error(`audit log ${this.file} cannot be written: ${cause}`);
+      this.lastError = cause;
+      this.lastErrorAt = new Date().toISOString();
       await this.handle?.close().catch(() => undefined);
       this.handle = undefined;
-      throw new Error(`cannot write the audit log ${this.file}: ${this.lastError}`, { cause: err });
+      const failure = new Error(`cannot write the audit log ${this.file}: ${cause}`, { cause: err });
+      for (const p of batch.slice(done)) p.reject(failure);
     }
+  }
+
+  private async open(): Promise<void> {
+    this.handle = await openPrivate(this.file);
+    this.size = (await this.handle.stat()).size;
+    if (this.size > 0) {
+      // A write cut short (disk full, a crash) leaves a partial last line:
+      // start on a fresh line so the next entry stays parseable.
+      const last = Buffer.alloc(1);
+      await this.handle.read(last, 0, 1, this.size - 1);
+      if (last[0] !== 0x0a) {
+        await this.handle.appendFile('\n');
+        this.size += 1;
+      }
+    }
+  }
+
+  private async rotate(): Promise<void> {
+    await this.handle?.close();
+    this.handle = undefined;
+    if (this.keep === 0) {
+      await fs.promises.rm(this.file, { force: true });
+    } else {
+      for (let i = this.keep - 1; i >= 1; i--) await renameIfExists(`${this.file}.${i}`, `${this.file}.${i + 1}`);
+      await fs.promises.rename(this.file, `${this.file}.1`);
+    }
+    this.rotations += 1;
+    await this.open();
+  }
+}
+
+async function renameIfExists(from: string, to: string): Promise<void> {
+  try {
+    await fs.promises.rename(from, to);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
 }
 
 /** Open `file` for appending with mode 0600 (and its directory 0700), tightening an existing file. */
 export async function openPrivate(file: string): Promise<fs.promises.FileHandle> {
   await fs.promises.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const handle = await fs.promises.open(file, 'a', 0o600);
+  const handle = await fs.promises.open(file, 'a+', 0o600);
   const st = await handle.stat();
   if ((st.mode & 0o777) !== 0o600) await handle.chmod(0o600);
   return handle;
+}
+
+/** The log's files, oldest first: `file.keep` … `file.1`, `file` (those that exist). */
+export function auditFiles(file: string, keep = 100): string[] {
+  const out: string[] = [];
+  for (let i = keep; i >= 1; i--) if (fs.existsSync(`${file}.${i}`)) out.push(`${file}.${i}`);
+  if (fs.existsSync(file)) out.push(file);
+  return out;
 }
