@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { createLogger } from '../../protocol/log.js';
 import { VERSION } from '../../protocol/version.js';
 import { DEFAULT_POLICY_PATH, PolicyError } from '../policy/policy.js';
+import { auditCommand } from './audit.js';
 import { runBroker } from './run.js';
 
 const USAGE = `Usage: shed-host-agent [command] [--config FILE]
@@ -13,6 +14,7 @@ shed VMs, decided by a per-shed policy.
 
 Commands:
   run        serve the policy's sheds (the default)
+  audit      the audit log as a timeline (audit --help)
   version    print the version
 
 Options:
@@ -21,6 +23,8 @@ Options:
 `;
 
 export async function main(argv: string[]): Promise<number> {
+  // audit has options of its own (--shed, --since, --follow): it parses them.
+  if (argv[0] === 'audit') return auditCommand(argv.slice(1));
   let parsed;
   try {
     parsed = parseArgs({
@@ -43,6 +47,8 @@ export async function main(argv: string[]): Promise<number> {
     case 'version':
       process.stdout.write(`shed-host-agent ${VERSION}\n`);
       return 0;
+    case 'audit': // options before the command: `--config FILE audit`
+      return auditCommand(['--config', config, ...positionals.slice(1)]);
     case 'run':
       return runBroker(config, createLogger('shed-host-agent'));
     default:
