@@ -248,7 +248,9 @@ export class ShedServerTransport implements Transport {
       });
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => parser.feed(chunk));
-      res.on('error', (err) => fail(`the ${sub.namespace} stream from ${this.base.origin} broke: ${err.message}`));
+      res.on('error', (err: NodeJS.ErrnoException) => fail(err.message === 'aborted' || err.code === 'ECONNRESET'
+        ? `the ${sub.namespace} stream from ${this.base.origin} closed`
+        : `the ${sub.namespace} stream from ${this.base.origin} broke: ${err.message}`));
       res.on('close', () => fail(`the ${sub.namespace} stream from ${this.base.origin} closed`));
     });
     req.end();

@@ -568,6 +568,8 @@ export interface ShedHarnessOptions extends HarnessOptions {
   agentWaitLimitMs?: number;
   /** The broker's reconnect timings; fast by default so drop/reconnect tests take milliseconds. */
   timings?: Partial<ShedServerTimings>;
+  /** Runs once the emulators are up, before the broker starts (e.g. to occupy a namespace). */
+  beforeBroker?: (server: ShedServerEmulator) => Promise<void> | void;
 }
 
 export interface ShedHarness extends Harness {
@@ -622,7 +624,9 @@ export async function startShedBroker(options: ShedHarnessOptions): Promise<Shed
       server.connectShed(shed);
     }
     await Promise.all(Array.from({ length: SPARE_AGENTS }, addSpare));
+    await options.beforeBroker?.(server);
   } catch (err) {
+    await Promise.all([...agents.values(), ...spares].map((a) => a.stop()));
     await server.stop();
     throw err;
   }
