@@ -172,12 +172,15 @@ function failure(err: unknown, io: HelperIO, serverUrl?: string): number {
     io.stderr(`${PROGRAM}: no credentials for ${oneLine(serverUrl).slice(0, 200)}: ${err.message}\n  ${err.hint}\n`);
     return 1;
   }
-  // The host cuts a hung credential helper off at the same 5 s: say so, not only "not running".
-  const hint = err.kind === 'deadline'
-    ? `shed-host-agent may not be running, or a credential helper on the host hangs (see the shed-host-agent log); ${err.hint}`
-    : err.hint;
+  if (err.kind === 'deadline') {
+    // The host cuts a hung credential helper off at the same 5 s: name both causes, not only "not running".
+    const message = `no answer from the host within ${DEADLINE_MS / 1000} s`;
+    io.stdout(`${message}\n`);
+    io.stderr(`${PROGRAM}: ${message}: shed-host-agent may not be running, or a Docker credential helper on the host hangs (the shed-host-agent log says which)\n  ${err.hint}\n`);
+    return 1;
+  }
   io.stdout(`${oneLine(err.message)}\n`);
-  io.stderr(`${PROGRAM}: ${err.message}\n  ${hint}\n`);
+  io.stderr(`${PROGRAM}: ${err.message}\n  ${err.hint}\n`);
   return 1;
 }
 

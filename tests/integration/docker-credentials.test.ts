@@ -12,6 +12,7 @@ import { createDockerHandler } from '../../host-broker/docker/handler.js';
 import type { MemoryAudit } from '../../host-broker/audit/audit.js';
 import { BusClient } from '../../guest-services/bus-client.js';
 import { memoryLogger } from '../../protocol/log.js';
+import { startShedBroker } from '../support/bus-emulator.js';
 import { startDirectBroker, type Harness, type TransportKind } from '../support/harness.js';
 import { run, tempDir, waitFor } from '../support/procs.js';
 import {
@@ -22,7 +23,7 @@ import {
 const SECRET = 'reg-SECRET-51f0c2e8a9';
 const OTHER_SECRET = 'open-SECRET-77d1b3';
 const NOT_FOUND = 'credentials not found in native keychain\n';
-const TRANSPORTS: TransportKind[] = ['direct'];
+const TRANSPORTS: TransportKind[] = ['direct', 'shed'];
 
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
@@ -80,8 +81,7 @@ describe('docker-credentials end to end (docker-registry, skopeo, docker-credent
         const hostEnv = { ...pass.env, PATH: `${hostBin}:/usr/bin:/bin`, DOCKER_CONFIG: path.join(hostDir, 'docker') };
         const handler = createDockerHandler({ log, env: hostEnv });
         const policy = { version: 1, sheds: { alpha: { docker: { registries: [authReg.host] } } } };
-        if (kind !== 'direct') throw new Error(`no harness for ${kind}`);
-        h = await startDirectBroker({ policy, handlers: [handler], log });
+        h = await (kind === 'direct' ? startDirectBroker : startShedBroker)({ policy, handlers: [handler], log });
 
         guestHome = tempDir('shed-guest');
         fs.mkdirSync(path.join(guestHome, '.docker'));
@@ -214,6 +214,8 @@ describe('docker-credentials end to end (docker-registry, skopeo, docker-credent
         const elapsed = Date.now() - started;
         expect(r.code).to.equal(1);
         expect(r.stdout).to.not.equal(NOT_FOUND).and.not.equal('');
+        // Guest deadline and host cut-off are both 5 s: whichever wins, the user learns a helper may hang.
+        expect(`${r.stdout}${r.stderr}`).to.match(/credential helper .*hang|docker-credential-hang did not answer/);
         expect(r.stdout).to.not.contain(SECRET);
         expect(elapsed).to.be.within(4500, 7000);
         await waitFor(() => log.lines.some((l) => l.includes('docker-credential-hang get did not finish within 5000 ms; killed it')), 3000, 'the host to kill the helper');
