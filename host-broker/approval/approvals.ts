@@ -21,6 +21,7 @@ import type { Approver } from '../dispatch.js';
 import { BrokerError, type ApprovalOutcome, type ApprovalSubject } from '../handler.js';
 import type { EffectiveApproval, EffectiveShed } from '../policy/effective.js';
 import type { Policy } from '../policy/policy.js';
+import { formatDuration } from '../policy/schema.js';
 import { askTouchId, checkGate, CommandRunner, type GateRequest, type GateVerdict } from './gates.js';
 
 /** Past this many remembered approvals, expired ones are dropped. */
@@ -144,7 +145,7 @@ export class Approvals {
     const said = verdict.stderr ? `; it said: ${verdict.stderr.split('\n')[0]!.slice(0, 200)}` : '';
     log.warn(`approval: denied ${what}: ${verdict.reason}${said}`);
     const message = verdict.timedOut
-      ? `nobody approved ${request.subject.description} for shed ${request.shed} on the host within ${Math.round(approval.timeout / 1000)} s; approve it when the host asks, then retry`
+      ? `nobody approved ${request.subject.description} for shed ${request.shed} on the host within ${formatDuration(approval.timeout)}; approve it when the host asks, then retry`
       : `the host's approval gate refused ${request.subject.description} for shed ${request.shed}; approve it when the host asks, or see approval in the host policy`;
     throw new BrokerError(CommonCode.APPROVAL_DENIED, message, { detail: `${request.subject.subject} (${verdict.reason})` });
   }
