@@ -1,0 +1,213 @@
+/**
+ * `shed-ext install-guest --root DIR`: lay the guest side into an image root
+ * (for a Dockerfile `COPY`, or `--root /` inside the image build):
+ *
+ *   /usr/local/lib/shed-extensions/<bin>.mjs      single-file bundles (need only node)
+ *   /usr/local/lib/shed-extensions/systemd/guest/ pristine copies of the files below
+ *   /usr/local/bin/<bin>                           sh launchers: exec node <bundle>
+ *   /usr/local/lib/systemd/system/*.service        the units, enabled through
+ *   /etc/systemd/system/multi-user.target.wants/   symlinks (what `systemctl enable` makes)
+ *   /etc/environment.d/shed-extensions.conf        SSH_AUTH_SOCK, AWS_CONTAINER_* for systemd user sessions
+ *   /etc/profile.d/shed-extensions.sh              the same for login shells, plus the plain token variable
+ *   /etc/skel/.docker/config.json                  {"credsStore": "shed"} for new users
+ *   /etc/containers/registries.conf.d/50-shed-extensions.conf   credential-helpers = ["shed"]
+ *
+ * Idempotent: a second run over the same root changes nothing (same bytes,
+ * same modes, files not rewritten, so same mtimes). Never follows a symlink
+ * at a destination; never removes a directory.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { VERSION } from '../../protocol/version.js';
+
+/** The guest binaries, by the name they are installed under. */
+export const GUEST_BINARIES = ['shed-ext-ssh-agent', 'shed-ext-aws-credentials', 'docker-credential-shed', 'shed-ext'] as const;
+export type GuestBinary = (typeof GUEST_BINARIES)[number];
+
+export const LIB_DIR = '/usr/local/lib/shed-extensions';
+export const BIN_DIR = '/usr/local/bin';
+export const UNIT_DIR = '/usr/local/lib/systemd/system';
+export const WANTS_DIR = '/etc/systemd/system/multi-user.target.wants';
+
+/** Folder (inside a bundle directory) holding the guest config files, as in the repo's systemd/guest. */
+export const GUEST_FILES_DIR = path.join('systemd', 'guest');
+
+/** Guest config files: source under systemd/guest → destination in the image. */
+export const GUEST_FILES: ReadonlyArray<{ src: string; dest: string; unit?: boolean }> = [
+  { src: 'shed-ext-ssh-agent.service', dest: `${UNIT_DIR}/shed-ext-ssh-agent.service`, unit: true },
+  { src: 'shed-ext-aws-token.service', dest: `${UNIT_DIR}/shed-ext-aws-token.service`, unit: true },
+  { src: 'shed-ext-aws-credentials.service', dest: `${UNIT_DIR}/shed-ext-aws-credentials.service`, unit: true },
+  { src: 'environment.d/shed-extensions.conf', dest: '/etc/environment.d/shed-extensions.conf' },
+  { src: 'profile.d/shed-extensions.sh', dest: '/etc/profile.d/shed-extensions.sh' },
+  { src: 'docker/config.json', dest: '/etc/skel/.docker/config.json' },
+  { src: 'containers/registries.conf', dest: '/etc/containers/registries.conf.d/50-shed-extensions.conf' },
+];
+
+export const DEFAULT_SERVICE_USER = 'shed';
+/** What `useradd` accepts, conservatively. */
+const USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
+
+export interface InstallOptions {
+  /** The image root. */
+  root: string;
+  /** Directory with the four `<bin>.mjs` bundles and systemd/guest (default: found, see findBundleDir). */
+  from?: string;
+  /** The user the guest units run as (default `shed`). */
+  user?: string;
+}
+
+export type Action = 'created' | 'updated' | 'unchanged';
+
+export interface InstallResult {
+  root: string;
+  from: string;
+  entries: Array<{ path: string; action: Action }>;
+}
+
+type Entry =
+  | { kind: 'file'; dest: string; mode: number; content: Buffer }
+  | { kind: 'symlink'; dest: string; target: string };
+
+export class InstallError extends Error {
+  override readonly name = 'InstallError';
+}
+
+function hasBundles(dir: string): boolean {
+  return GUEST_BINARIES.every((b) => fs.existsSync(path.join(dir, `${b}.mjs`))) && fs.existsSync(path.join(dir, GUEST_FILES_DIR));
+}
+
+/**
+ * Where the bundles are: beside this module when it runs bundled
+ * (build/guest, or an installed /usr/local/lib/shed-extensions), else the
+ * repository's build/guest when it runs from source.
+ */
+export function findBundleDir(explicit?: string): string {
+  if (explicit) {
+    const dir = path.resolve(explicit);
+    if (!hasBundles(dir)) {
+      throw new InstallError(`${dir} does not hold the guest bundles (${GUEST_BINARIES.map((b) => `${b}.mjs`).join(', ')} and ${GUEST_FILES_DIR}/): `
+        + 'run `npm run bundle` and pass --from build/guest');
+    }
+    return dir;
+  }
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const candidates = [here, path.resolve(here, '..', '..', 'build', 'guest')];
+  const found = candidates.find(hasBundles);
+  if (!found) {
+    throw new InstallError(`no guest bundles found (looked in ${candidates.join(' and ')}): run \`npm run bundle\` in the shed-extensions checkout first, or pass --from DIR`);
+  }
+  return found;
+}
+
+export function launcher(bin: GuestBinary): string {
+  const bundle = `${LIB_DIR}/${bin}.mjs`;
+  return `#!/bin/sh
+# ${bin} (shed-extensions ${VERSION}), installed by \`shed-ext install-guest\`: runs the bundle with this VM's node.
+command -v node >/dev/null 2>&1 || { echo "${bin}: node (Node.js 20 or newer) is not installed or not on PATH; install it in the guest image" >&2; exit 127; }
+exec node ${bundle} "$@"
+`;
+}
+
+/** The units with `User=shed` replaced by the chosen user. */
+function withUser(text: string, user: string): string {
+  return text.replace(/^User=shed$/gm, `User=${user}`);
+}
+
+/** Everything install-guest writes, in order, computed before anything is touched. */
+export function plan(from: string, user: string): Entry[] {
+  const entries: Entry[] = [];
+  for (const bin of GUEST_BINARIES) {
+    entries.push({ kind: 'file', dest: `${LIB_DIR}/${bin}.mjs`, mode: 0o644, content: fs.readFileSync(path.join(from, `${bin}.mjs`)) });
+  }
+  for (const file of GUEST_FILES) {
+    const raw = fs.readFileSync(path.join(from, GUEST_FILES_DIR, file.src));
+    entries.push({ kind: 'file', dest: `${LIB_DIR}/${GUEST_FILES_DIR}/${file.src}`, mode: 0o644, content: raw });
+    const content = file.unit ? Buffer.from(withUser(raw.toString('utf8'), user)) : raw;
+    entries.push({ kind: 'file', dest: file.dest, mode: 0o644, content });
+  }
+  for (const bin of GUEST_BINARIES) {
+    entries.push({ kind: 'file', dest: `${BIN_DIR}/${bin}`, mode: 0o755, content: Buffer.from(launcher(bin)) });
+  }
+  for (const file of GUEST_FILES.filter((f) => f.unit)) {
+    entries.push({ kind: 'symlink', dest: `${WANTS_DIR}/${path.basename(file.dest)}`, target: file.dest });
+  }
+  return entries;
+}
+
+export function installGuest(options: InstallOptions): InstallResult {
+  const user = options.user ?? DEFAULT_SERVICE_USER;
+  if (!USER_RE.test(user)) throw new InstallError(`--user ${JSON.stringify(user)} is not a valid user name`);
+  const from = findBundleDir(options.from);
+  const root = path.resolve(options.root);
+  const entries = plan(from, user);
+  ensureDir(root, root);
+  const result: InstallResult = { root, from, entries: [] };
+  for (const entry of entries) {
+    const dest = path.join(root, entry.dest);
+    ensureDir(path.dirname(dest), root);
+    const action = entry.kind === 'file' ? writeFile(dest, entry.content, entry.mode) : writeSymlink(dest, entry.target);
+    result.entries.push({ path: entry.dest, action });
+  }
+  return result;
+}
+
+/** mkdir -p with 0755 for what is created; existing directories are left as they are. */
+function ensureDir(dir: string, root: string): void {
+  let stat: fs.Stats | undefined;
+  try {
+    stat = fs.statSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  if (stat) {
+    if (!stat.isDirectory()) throw new InstallError(`${dir} exists and is not a directory; move it away and retry`);
+    return;
+  }
+  if (dir === root) fs.mkdirSync(dir, { recursive: true });
+  else {
+    ensureDir(path.dirname(dir), root);
+    fs.mkdirSync(dir);
+  }
+  fs.chmodSync(dir, 0o755);
+}
+
+function lstat(file: string): fs.Stats | undefined {
+  try {
+    return fs.lstatSync(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+function writeFile(dest: string, content: Buffer, mode: number): Action {
+  const stat = lstat(dest);
+  if (stat?.isDirectory()) throw new InstallError(`${dest} is a directory; move it away and retry`);
+  if (stat?.isFile() && (stat.mode & 0o7777) === mode && fs.readFileSync(dest).equals(content)) return 'unchanged';
+  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.install-${process.pid}`);
+  fs.rmSync(tmp, { force: true });
+  fs.writeFileSync(tmp, content, { mode, flag: 'wx' });
+  fs.chmodSync(tmp, mode);
+  fs.renameSync(tmp, dest);
+  return stat ? 'updated' : 'created';
+}
+
+function writeSymlink(dest: string, target: string): Action {
+  const stat = lstat(dest);
+  if (stat?.isSymbolicLink() && fs.readlinkSync(dest) === target) return 'unchanged';
+  if (stat?.isDirectory()) throw new InstallError(`${dest} is a directory; move it away and retry`);
+  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.install-${process.pid}`);
+  fs.rmSync(tmp, { force: true });
+  fs.symlinkSync(target, tmp);
+  fs.renameSync(tmp, dest);
+  return stat ? 'updated' : 'created';
+}
+
+export function formatInstall(result: InstallResult): string {
+  const count = (a: Action) => result.entries.filter((e) => e.action === a).length;
+  const lines = result.entries.filter((e) => e.action !== 'unchanged').map((e) => `  ${e.action.padEnd(8)} ${e.path}\n`);
+  return `${lines.join('')}installed shed-extensions ${VERSION} into ${result.root}: `
+    + `${count('created')} created, ${count('updated')} updated, ${count('unchanged')} unchanged\n`
+    + 'The units start at boot (enabled for multi-user.target); the image needs node 20 or newer and a shed-agent.\n';
+}
