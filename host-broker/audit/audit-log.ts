@@ -75,12 +75,14 @@ export class AuditLog implements AuditSink {
   }
 
   private kick(): void {
-    if (this.flushing) return;
-    this.flushing = (async () => {
-      while (this.pending.length > 0) await this.flush(this.pending.splice(0));
-    })().finally(() => {
-      this.flushing = undefined;
-    });
+    if (!this.flushing) this.flushing = this.drain();
+  }
+
+  private async drain(): Promise<void> {
+    // flush() never rejects. `flushing` is cleared in the same tick as the
+    // last look at `pending`, so a write cannot slip in between and be left.
+    while (this.pending.length > 0) await this.flush(this.pending.splice(0));
+    this.flushing = undefined;
   }
 
   /** Write a group of lines in order; each resolves once it is on the disk. */

@@ -1,0 +1,173 @@
+import { expect } from 'chai';
+import fs from 'node:fs';
+import path from 'node:path';
+import { AuditLog, auditFiles } from '../../host-broker/audit/audit-log.js';
+import { AUDIT_FIELDS, auditLine, parseAuditLine, type AuditEntry } from '../../host-broker/audit/audit.js';
+import { memoryLogger } from '../../protocol/log.js';
+import { tempDir } from '../support/procs.js';
+
+function entry(i: number, extra: Partial<AuditEntry> = {}): AuditEntry {
+  return {
+    ts: new Date(1_750_000_000_000 + i).toISOString(),
+    shed: `shed-${i % 7}`,
+    ns: 'ssh-agent',
+    op: 'sign',
+    result: 'ok',
+    detail: `SHA256:${String(i).padStart(43, 'x')}`,
+    approval: 'none',
+    request_id: `req-${String(i).padStart(6, '0')}`,
+    ...extra,
+  };
+}
+
+function mode(file: string): number {
+  return fs.statSync(file).mode & 0o777;
+}
+
+/** Every line of the log's files, oldest first; throws on a line that is not a whole entry. */
+function readAll(file: string): AuditEntry[] {
+  const out: AuditEntry[] = [];
+  for (const f of auditFiles(file)) {
+    const text = fs.readFileSync(f, 'utf8');
+    expect(text.endsWith('\n'), `${f} ends with a newline`).to.equal(true);
+    for (const line of text.slice(0, -1).split('\n')) {
+      const e = parseAuditLine(line);
+      if (!e) throw new Error(`torn or foreign line in ${f}: ${line.slice(0, 80)}`);
+      out.push(e);
+    }
+  }
+  return out;
+}
+
+describe('audit log', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = tempDir('shed-audit');
+  });
+
+  it('writes the fields in a fixed order, in a 0600 file in a 0700 directory', async () => {
+    const file = path.join(dir, 'new', 'deeper', 'audit.log');
+    const log = new AuditLog(file);
+    const scrambled = { request_id: 'r1', approval: 'prompt', detail: 'SHA256:abc', result: 'denied', op: 'sign', ns: 'ssh-agent', shed: 'alpha', ts: '2026-03-31T15:04:05.123Z' } as AuditEntry;
+    await log.write(scrambled);
+    await log.close();
+    const text = fs.readFileSync(file, 'utf8');
+    expect(text).to.equal('{"ts":"2026-03-31T15:04:05.123Z","shed":"alpha","ns":"ssh-agent","op":"sign","result":"denied","detail":"SHA256:abc","approval":"prompt","request_id":"r1"}\n');
+    expect(Object.keys(JSON.parse(text))).to.deep.equal([...AUDIT_FIELDS]);
+    expect(mode(file)).to.equal(0o600);
+    expect(mode(path.dirname(file))).to.equal(0o700);
+    expect(mode(path.join(dir, 'new'))).to.equal(0o700);
+  });
+
+  it('keeps a line on one line whatever the detail holds, and tightens a loose existing file', async () => {
+    const file = path.join(dir, 'audit.log');
+    fs.writeFileSync(file, '', { mode: 0o644 });
+    fs.chmodSync(file, 0o644);
+    const log = new AuditLog(file);
+    await log.write(entry(1, { detail: 'two\nlines\r\u2028and "quotes"' }));
+    await log.close();
+    const text = fs.readFileSync(file, 'utf8');
+    expect(text.split('\n')).to.have.length(2);
+    expect(parseAuditLine(text.trim())!.detail).to.equal('two\nlines\r\u2028and "quotes"');
+    expect(mode(file)).to.equal(0o600);
+  });
+
+  it('rotates by size under concurrent writes without losing, duplicating, reordering or tearing a line', async function () {
+    this.timeout(20_000);
+    const file = path.join(dir, 'audit.log');
+    const maxBytes = 16 * 1024;
+    const log = new AuditLog(file, { maxBytes, keep: 50 });
+    const lineBytes = auditLine(entry(0)).length;
+    const total = 1500;
+    // Bursts of concurrent writers, some landing while a flush (and a rotation) is on the disk.
+    const writes: Promise<void>[] = [];
+    for (let burst = 0; burst < 10; burst++) {
+      for (let i = 0; i < total / 10; i++) writes.push(log.write(entry(burst * (total / 10) + i)));
+      await new Promise((r) => setTimeout(r, burst % 3));
+    }
+    await Promise.all(writes);
+    await log.close();
+
+    const entries = readAll(file);
+    expect(entries.map((e) => e.request_id)).to.deep.equal(Array.from({ length: total }, (_, i) => entry(i).request_id));
+    const files = auditFiles(file);
+    expect(files.length).to.equal(Math.ceil((total * lineBytes) / (Math.floor(maxBytes / lineBytes) * lineBytes)));
+    expect(log.rotations).to.equal(files.length - 1);
+    for (const f of files) {
+      expect(fs.statSync(f).size).to.be.at.most(maxBytes);
+      expect(mode(f)).to.equal(0o600);
+    }
+  });
+
+  it('keeps `keep` rotated files, dropping the oldest', async () => {
+    const file = path.join(dir, 'audit.log');
+    const log = new AuditLog(file, { maxBytes: 4096, keep: 2 });
+    const perFile = Math.floor(4096 / auditLine(entry(0)).length);
+    for (let i = 0; i < perFile * 5; i++) await log.write(entry(i));
+    await log.close();
+    expect(auditFiles(file)).to.deep.equal([`${file}.2`, `${file}.1`, file]);
+    expect(fs.existsSync(`${file}.3`)).to.equal(false);
+    const ids = readAll(file).map((e) => e.request_id);
+    expect(ids).to.have.length(perFile * 3);
+    expect(ids.at(-1)).to.equal(entry(perFile * 5 - 1).request_id);
+    expect(ids[0]).to.equal(entry(perFile * 2).request_id);
+  });
+
+  it('gives a line longer than max_bytes a file of its own', async () => {
+    const file = path.join(dir, 'audit.log');
+    const log = new AuditLog(file, { maxBytes: 4096, keep: 5 });
+    await log.write(entry(1));
+    await log.write(entry(2, { detail: 'd'.repeat(5000) }));
+    await log.write(entry(3));
+    await log.close();
+    expect(readAll(file).map((e) => e.request_id)).to.deep.equal(['req-000001', 'req-000002', 'req-000003']);
+    expect(auditFiles(file)).to.have.length(3);
+  });
+
+  it('starts on a fresh line after a torn last line', async () => {
+    const file = path.join(dir, 'audit.log');
+    fs.writeFileSync(file, `${auditLine(entry(1))}{"ts":"2026-03-3`, { mode: 0o600 });
+    const log = new AuditLog(file);
+    await log.write(entry(2));
+    await log.close();
+    const lines = fs.readFileSync(file, 'utf8').split('\n');
+    expect(parseAuditLine(lines[0]!)!.request_id).to.equal('req-000001');
+    expect(parseAuditLine(lines[1]!)).to.equal(undefined);
+    expect(parseAuditLine(lines[2]!)!.request_id).to.equal('req-000002');
+  });
+
+  it('fails loudly, keeps the cause for status, and recovers once the path is writable', async () => {
+    const blocker = path.join(dir, 'not-a-dir');
+    fs.writeFileSync(blocker, '');
+    const file = path.join(blocker, 'audit.log');
+    const logger = memoryLogger();
+    const log = new AuditLog(file, { log: logger });
+    let failure: Error | undefined;
+    await log.write(entry(1)).catch((err: Error) => (failure = err));
+    expect(failure?.message).to.match(/^cannot write the audit log .*not-a-dir\/audit.log: .*(ENOTDIR|EEXIST)/);
+    await log.write(entry(2)).catch(() => undefined);
+    expect(log.lastError).to.match(/ENOTDIR|EEXIST/);
+    expect(log.lastErrorAt).to.be.a('string');
+    const errors = logger.lines.filter((l) => l.includes(' ERROR '));
+    expect(errors).to.have.length(1);
+    expect(errors[0]).to.match(/audit log .*not-a-dir\/audit.log cannot be written/);
+
+    fs.rmSync(blocker);
+    await log.write(entry(3));
+    await log.close();
+    expect(log.lastError).to.equal(undefined);
+    expect(readAll(file).map((e) => e.request_id)).to.deep.equal(['req-000003']);
+  });
+
+  it('moves to a new path on configure', async () => {
+    const first = path.join(dir, 'a.log');
+    const second = path.join(dir, 'b', 'b.log');
+    const log = new AuditLog(first);
+    await log.write(entry(1));
+    log.configure(second, { maxBytes: 0, keep: 1 });
+    await log.write(entry(2));
+    await log.close();
+    expect(readAll(first).map((e) => e.request_id)).to.deep.equal(['req-000001']);
+    expect(readAll(second).map((e) => e.request_id)).to.deep.equal(['req-000002']);
+  });
+});
