@@ -84,7 +84,8 @@ export class ShedServerTransport implements Transport {
   private readonly timings: ShedServerTimings;
   private readonly subscriptions = new Map<string, Subscription>();
   private readonly inflight = new Set<http.ClientRequest>();
-  private readonly retryTimers = new Set<NodeJS.Timeout>();
+  /** Wakes a respond waiting to retry (stop() wakes them all, and they give up). */
+  private readonly retryWaits = new Set<() => void>();
   private agent: http.Agent | undefined;
   private authorization: string | undefined;
   private sink: RequestSink | undefined;
@@ -151,8 +152,7 @@ export class ShedServerTransport implements Transport {
       sub.settleFirst?.();
     }
     this.subscriptions.clear();
-    for (const t of this.retryTimers) clearTimeout(t);
-    this.retryTimers.clear();
+    for (const wake of [...this.retryWaits]) wake();
     for (const req of this.inflight) req.destroy(new Error('the broker is stopping'));
     this.inflight.clear();
     this.agent?.destroy();
@@ -345,11 +345,13 @@ export class ShedServerTransport implements Transport {
       }
       this.options.log.debug(`${what}: ${reason}; retrying`);
       await new Promise<void>((resolve) => {
-        const t = setTimeout(() => {
-          this.retryTimers.delete(t);
+        const wake = () => {
+          clearTimeout(t);
+          this.retryWaits.delete(wake);
           resolve();
-        }, delays[attempt]);
-        this.retryTimers.add(t);
+        };
+        const t = setTimeout(wake, delays[attempt]);
+        this.retryWaits.add(wake);
       });
     }
   }

@@ -6,6 +6,7 @@
  * Direct-socket specifics (modes, stale sockets) are in direct-sockets.test.ts.
  */
 import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -19,7 +20,7 @@ import { memoryLogger } from '../../protocol/log.js';
 import { newId, nowTimestamp } from '../../protocol/messages.js';
 import { ShedServerEmulator, startShedBroker, type ShedHarness, type ShedHarnessOptions } from '../support/bus-emulator.js';
 import { startDirectBroker, type Harness, type HarnessOptions, type TransportKind } from '../support/harness.js';
-import { run, tempDir, waitFor } from '../support/procs.js';
+import { tempDir, waitFor } from '../support/procs.js';
 
 interface Seen {
   shed: string;
@@ -325,6 +326,99 @@ describe('the shed-server transport', () => {
   });
 });
 
+describe('the shed-server transport against a scripted server', () => {
+  let server: http.Server | undefined;
+  afterEach(async () => {
+    server?.closeAllConnections();
+    await new Promise((r) => (server ? server.close(r) : r(undefined)));
+    server = undefined;
+  });
+
+  /** One SSE stream that delivers `request`; `respond` answers each respond call in turn. */
+  async function scripted(statuses: number[], onStream?: (res: http.ServerResponse) => void) {
+    const calls: number[] = [];
+    const streams: http.ServerResponse[] = [];
+    server = http.createServer((req, res) => {
+      if (req.method === 'GET') {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        res.flushHeaders();
+        streams.push(res);
+        onStream?.(res);
+        return;
+      }
+      req.resume();
+      const status = statuses[Math.min(calls.length, statuses.length - 1)]!;
+      calls.push(status);
+      if (status === 0) {
+        req.socket.destroy();
+        return;
+      }
+      res.writeHead(status, { 'content-type': 'application/json' }).end(status === 204 ? undefined : JSON.stringify({ error: { code: 'BUSY', message: 'try later' } }));
+    });
+    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
+    return { url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, calls, streams };
+  }
+
+  const request: Envelope = { id: newId(), namespace: 'ssh-agent', type: 'request', final: true, timestamp: nowTimestamp(), payload: { operation: 'list' }, shed: { name: 'alpha' } };
+
+  it('retries a respond that failed (5xx, reset) and succeeds on a later try', async () => {
+    const s = await scripted([503, 0, 204], (res) => res.write(`event: message\ndata: ${JSON.stringify(request)}\n\n`));
+    const log = memoryLogger('shed-host-agent');
+    const transport = new ShedServerTransport({ url: s.url, namespaces: ['ssh-agent'], log, timings: { respondRetryMs: [20, 20, 20] } });
+    const replied = new Promise<void>((resolve, reject) => {
+      void transport.start((envelope, shed, reply) => {
+        expect([envelope.id, shed]).to.deep.equal([request.id, 'alpha']);
+        reply({ ok: true }).then(resolve, reject);
+      });
+    });
+    await replied;
+    await transport.stop();
+    expect(s.calls).to.deep.equal([503, 0, 204]);
+  });
+
+  it('gives up after a few seconds of failed responds, and stop() ends retries and streams at once', async () => {
+    const s = await scripted([500], (res) => res.write(`event: message\ndata: ${JSON.stringify(request)}\n\n`));
+    const log = memoryLogger('shed-host-agent');
+    const transport = new ShedServerTransport({ url: s.url, namespaces: ['ssh-agent'], log, timings: { respondRetryMs: [20, 40] } });
+    const outcome = new Promise<Error>((resolve) => {
+      void transport.start((_envelope, _shed, reply) => reply({ ok: true }).then(() => resolve(new Error('unexpected success')), resolve));
+    });
+    const err = await outcome;
+    expect(err.message).to.match(/could not deliver the answer to shed alpha request .* after 3 attempts: 500 BUSY/);
+    expect(s.calls).to.have.length(3);
+    await transport.stop();
+
+    const slow = new ShedServerTransport({ url: s.url, namespaces: ['ssh-agent'], log, timings: { respondRetryMs: [5000] } });
+    let pending: Promise<unknown> | undefined;
+    await slow.start((_e, _s, reply) => {
+      pending = reply({ ok: true }).then(() => 'sent', (e: Error) => e.message);
+    });
+    await waitFor(() => pending && s.calls.length >= 4, 2000, 'the first respond');
+    const t0 = Date.now();
+    await slow.stop();
+    expect(await pending).to.match(/was not sent: the broker is stopping/);
+    expect(Date.now() - t0).to.be.below(200);
+    await waitFor(() => s.streams.every((r) => r.destroyed || r.writableEnded || r.socket?.destroyed), 1000, 'the streams to close');
+  });
+
+  it('resets the reconnect delay after a connection that stayed up long enough', async () => {
+    const s = await scripted([204], (res) => {
+      // Short-lived streams first, then one that outlives resetAfterMs.
+      const n = streamsSeen++;
+      setTimeout(() => res.destroy(), n < 3 ? 5 : 250);
+    });
+    let streamsSeen = 0;
+    const log = memoryLogger('shed-host-agent');
+    const transport = new ShedServerTransport({ url: s.url, namespaces: ['ssh-agent'], log, timings: { initialBackoffMs: 20, maxBackoffMs: 1000, resetAfterMs: 200 } });
+    await transport.start(() => undefined);
+    await waitFor(() => log.lines.filter((l) => l.includes('reconnecting in')).length >= 4, 5000, 'four reconnects');
+    await transport.stop();
+    const delays = log.lines.filter((l) => l.includes('reconnecting in')).map((l) => Number(/reconnecting in (\d+) ms/.exec(l)![1]));
+    // 20, 40, 80 after short streams; back to 20 after the long one.
+    [20, 40, 80, 20].forEach((d, i) => expect(delays[i]).to.be.within(d * 0.8, d * 1.2));
+  });
+});
+
 describe('the shed-server transport over TLS', function () {
   this.timeout(20_000);
   let certs: Certs;
@@ -505,11 +599,8 @@ interface Certs {
 async function makeCerts(): Promise<Certs> {
   const dir = tempDir('shed-tls');
   const f = (name: string) => path.join(dir, name);
-  const openssl = async (...args: string[]) => {
-    const r = await run('openssl', args, { timeoutMs: 15_000 });
-    if (r.code !== 0) throw new Error(`openssl ${args[0]} failed: ${r.stderr}`);
-    return r.stdout;
-  };
+  // stdin closed: openssl does not read it (procs.run()'s stdin write can hit EPIPE when it exits first).
+  const openssl = async (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'pipe', 'pipe'], timeout: 15_000, encoding: 'utf8' });
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
   await openssl('req', '-x509', ...ec, '-keyout', f('server.key'), '-out', f('server.crt'), '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1');
   await openssl('req', '-x509', ...ec, '-keyout', f('ca.key'), '-out', f('ca.crt'), '-days', '1', '-subj', '/CN=shed test CA');
