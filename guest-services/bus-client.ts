@@ -135,35 +135,49 @@ export class BusClient {
     const t = this.target;
     return new Promise<Envelope>((resolve, reject) => {
       let settled = false;
+      let current: http.ClientRequest | undefined;
       const finish = (fn: () => void) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
         fn();
       };
-      const req = http.request(
-        {
-          agent: this.agent,
-          method: 'POST',
-          socketPath: t.socketPath,
-          host: t.host,
-          port: t.port,
-          path: t.path,
-          headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', (err) => finish(() => reject(this.transportError(err, namespace))));
-          res.on('end', () => finish(() => {
-            try {
-              resolve(this.interpret(res.statusCode ?? 0, Buffer.concat(chunks).toString('utf8'), namespace));
-            } catch (err) {
-              reject(err);
-            }
-          }));
-        },
-      );
+      const send = (mayRetry: boolean) => {
+        const req = http.request(
+          {
+            agent: this.agent,
+            method: 'POST',
+            socketPath: t.socketPath,
+            host: t.host,
+            port: t.port,
+            path: t.path,
+            headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+          },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('error', (err) => finish(() => reject(this.transportError(err, namespace))));
+            res.on('end', () => finish(() => {
+              try {
+                resolve(this.interpret(res.statusCode ?? 0, Buffer.concat(chunks).toString('utf8'), namespace));
+              } catch (err) {
+                reject(err);
+              }
+            }));
+          },
+        );
+        current = req;
+        req.on('error', (err: NodeJS.ErrnoException) => {
+          // A pooled connection that the peer closed while idle (a restart,
+          // its keep-alive timeout) fails when reused: retry once on a new one.
+          if (mayRetry && req.reusedSocket && err.code === 'ECONNRESET' && !settled) {
+            send(false);
+            return;
+          }
+          finish(() => reject(this.transportError(err, namespace)));
+        });
+        req.end(body);
+      };
       const timer = setTimeout(() => {
         finish(() => reject(new BusError(
           'deadline',
@@ -171,10 +185,9 @@ export class BusClient {
           `no answer on ${namespace} within ${formatMs(deadlineMs)}: shed-host-agent may not be running`,
           HOST_AGENT_START_HINT,
         )));
-        req.destroy();
+        current?.destroy();
       }, deadlineMs);
-      req.on('error', (err) => finish(() => reject(this.transportError(err, namespace))));
-      req.end(body);
+      send(true);
     });
   }
 

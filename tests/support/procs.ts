@@ -98,6 +98,8 @@ export function run(
       // Let the pipes drain.
       setImmediate(() => resolve({ code, signal, stdout: out.stdout(), stderr: out.stderr() }));
     });
+    // A program may exit without reading its stdin: that is its business, not an error here.
+    child.stdin?.on('error', () => undefined);
     child.stdin?.end(input ?? '');
   });
 }

@@ -91,6 +91,29 @@ describe('bus client', () => {
     }
   });
 
+  it('retries once when a pooled connection was closed by the peer (idle close, restart)', async () => {
+    const perSocket = new WeakMap<object, number>();
+    const ep = await endpoint((body, res) => {
+      const socket = res.socket!;
+      const n = (perSocket.get(socket) ?? 0) + 1;
+      perSocket.set(socket, n);
+      if (n > 1) {
+        socket.destroy(); // the second request on a kept-alive connection finds it gone
+        return;
+      }
+      answerEnvelope(body, res, { status: 'ok' });
+    });
+    const client = new BusClient({ publishUrl: ep.url });
+    try {
+      await client.ping('ssh-agent');
+      await client.ping('ssh-agent');
+      await client.ping('ssh-agent');
+    } finally {
+      client.close();
+      await ep.close();
+    }
+  });
+
   it('nothing on port: unreachable, naming shed-agent', async () => {
     const ep = await endpoint(() => undefined);
     await ep.close(); // the port is now free and refuses connections
