@@ -16,6 +16,7 @@
  *   stderr. Anything else (host unreachable, deadline) is a hard failure:
  *   the error on stdout, what to do on stderr.
  */
+import fs from 'node:fs';
 import { BusClient, BusError, DEFAULT_PUBLISH_URL } from '../bus-client.js';
 import { CREDENTIALS_NOT_FOUND_TEXT, DockerGetResponse, DockerListResponse } from '../../protocol/docker-credentials.js';
 import { VERSION } from '../../protocol/version.js';
@@ -179,8 +180,10 @@ function failure(err: unknown, io: HelperIO, serverUrl?: string): number {
     io.stderr(`${PROGRAM}: ${message}: shed-host-agent may not be running, or a Docker credential helper on the host hangs (the shed-host-agent log says which)\n  ${err.hint}\n`);
     return 1;
   }
+  // This helper takes its URL from SHED_PUBLISH_URL, not a flag.
+  const hint = err.hint.replace(/(pass|check) --publish-url/g, (_m, verb: string) => `${verb === 'pass' ? 'set' : 'check'} SHED_PUBLISH_URL`);
   io.stdout(`${oneLine(err.message)}\n`);
-  io.stderr(`${PROGRAM}: ${err.message}\n  ${err.hint}\n`);
+  io.stderr(`${PROGRAM}: ${err.message}\n  ${hint}\n`);
   return 1;
 }
 
@@ -188,6 +191,31 @@ function malformed(io: HelperIO, operation: string): number {
   io.stdout(`the host answered ${operation} with a payload this helper does not understand\n`);
   io.stderr(`${PROGRAM}: the host's docker-credentials answer to ${operation} does not match the protocol; check that shed-host-agent and this guest are the same version\n`);
   return 1;
+}
+
+/**
+ * All of stdin (at most `max` bytes), read straight from fd 0: setting up
+ * `process.stdin` costs a one-shot helper more than the read itself. Falls
+ * back to the stream when fd 0 is non-blocking (EAGAIN).
+ */
+export async function readStdin(max = MAX_STDIN_BYTES + 1): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    const buf = Buffer.alloc(16 * 1024);
+    for (;;) {
+      const n = fs.readSync(0, buf, 0, buf.length, null);
+      if (n === 0) break;
+      if (size < max) chunks.push(Buffer.from(buf.subarray(0, n)));
+      size += n;
+    }
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EOF') return Buffer.concat(chunks).subarray(0, max).toString('utf8');
+    if (code !== 'EAGAIN' || size > 0) throw err;
+    return readAll(process.stdin, max);
+  }
+  return Buffer.concat(chunks).subarray(0, max).toString('utf8');
 }
 
 /** Read all of a stream as UTF-8, at most `max` bytes (the rest is drained). */

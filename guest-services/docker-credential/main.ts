@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 /** docker-credential-shed: see helper.ts. */
-import { readAll, runHelper } from './helper.js';
+import tty from 'node:tty';
+import { readStdin, runHelper } from './helper.js';
 
 const code = await runHelper(process.argv.slice(2), {
-  readStdin: () => readAll(process.stdin),
-  stdinIsTTY: process.stdin.isTTY === true,
+  readStdin: () => readStdin(),
+  stdinIsTTY: tty.isatty(0),
   stdout: (text) => process.stdout.write(text),
   stderr: (text) => process.stderr.write(text),
   env: process.env,

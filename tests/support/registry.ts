@@ -11,8 +11,8 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { build } from 'esbuild';
-import { capture, REPO_ROOT, run, spawnTracked, stopProcess, tempDir, waitFor } from './procs.js';
+import { bundleGuest } from '../../guest-services/bundle.js';
+import { capture, run, spawnTracked, stopProcess, tempDir, waitFor } from './procs.js';
 
 export interface Registry {
   /** `127.0.0.1:<port>`, as clients name it. */
@@ -187,22 +187,13 @@ export async function startPassStore(): Promise<PassStore> {
 }
 
 /**
- * Bundle docker-credential-shed into one ESM file, as a guest ships it.
- * Returns the bundle path and the source files it pulled in.
+ * Bundle docker-credential-shed into one ESM file exactly as a guest ships it
+ * (guest-services/bundle.ts). Returns the bundle path and the source files it pulled in.
  */
 export async function bundleDockerCredentialShed(outDir: string = tempDir('shed-bundle')): Promise<{ file: string; inputs: string[] }> {
-  const file = path.join(outDir, 'docker-credential-shed.mjs');
-  const result = await build({
-    entryPoints: [path.join(REPO_ROOT, 'guest-services/docker-credential/main.ts')],
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    outfile: file,
-    metafile: true,
-    logLevel: 'silent',
-  });
-  return { file, inputs: Object.keys(result.metafile.inputs) };
+  const { bundles } = await bundleGuest({ outDir, only: ['docker-credential-shed'] });
+  const bundle = bundles[0]!;
+  return { file: bundle.file, inputs: bundle.inputs };
 }
 
 /** A bin directory holding a `docker-credential-shed` that runs `bundle` with this node. */
