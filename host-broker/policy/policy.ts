@@ -2,33 +2,67 @@
  * A loaded policy: the validated document, where it came from, and per-shed
  * resolution (cached; a reload builds a new Policy, so a request keeps the
  * policy it started with).
+ *
+ * `loadPolicyFile` reads the main file and the `sheds.d/` directory beside it
+ * (`sheds.d/<shed>.yaml`, each one shed's sections), refuses files that group
+ * or others can write (as ssh refuses a loose key), accepts the original
+ * shed-extensions format with a notice, and reports every problem at once,
+ * each as file:line:column and key path.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import YAML from 'yaml';
-import { PolicyDocument } from './schema.js';
+import { SHED_NAME_RE } from '../../protocol/envelope.js';
 import { expandHome, resolveShed, type EffectiveShed } from './effective.js';
+import { isLegacy, LegacyDocument, legacyNotice, legacyPath, translateLegacy } from './legacy.js';
+import { PolicyDocument, ShedSections } from './schema.js';
+import { formatIssue, YamlSource, type KeyPath, type PolicyIssue, type Position } from './source.js';
+import { validate } from './validate.js';
 
 export const DEFAULT_POLICY_PATH = '~/.config/shed/extensions.yaml';
 export const DEFAULT_SOCKETS_DIR = '~/.local/state/shed/sockets';
 export const DEFAULT_AUDIT_PATH = '~/.local/share/shed/extensions-audit.log';
 export const DEFAULT_SERVER_URL = 'http://localhost:8080';
+/** The per-shed directory, beside the main file. */
+export const SHEDS_DIR_NAME = 'sheds.d';
 
 export class PolicyError extends Error {
   override readonly name = 'PolicyError';
-  constructor(readonly file: string, readonly problems: string[]) {
+  constructor(
+    readonly file: string,
+    /** One line per problem: `file:line:col: key.path: what is wrong and what to do`. */
+    readonly problems: string[],
+    readonly issues: PolicyIssue[] = [],
+  ) {
     super(`${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n${problems.map((p) => `  ${p}`).join('\n')}`);
   }
 }
 
+export interface PolicyExtras {
+  /** Lines to show the admin on load (the original format's translation). */
+  notices?: string[];
+  /** Where a key path of the document was written. */
+  locate?: (path: KeyPath) => Position | undefined;
+  /** The sheds.d directory watched for per-shed files (present or not). */
+  shedsDir?: string;
+}
+
 export class Policy {
   private readonly cache = new Map<string, EffectiveShed | undefined>();
+  readonly notices: string[];
+  readonly shedsDir: string | undefined;
+  private readonly locator: ((path: KeyPath) => Position | undefined) | undefined;
 
   constructor(
     readonly doc: PolicyDocument,
     /** Files the policy was read from (the main file first). */
     readonly files: string[] = [],
-  ) {}
+    extras: PolicyExtras = {},
+  ) {
+    this.notices = extras.notices ?? [];
+    this.shedsDir = extras.shedsDir;
+    this.locator = extras.locate;
+  }
 
   /** The effective policy of `shed`, or undefined when neither its own entry nor `"*"` admits it. */
   resolve(shed: string): EffectiveShed | undefined {
@@ -43,6 +77,11 @@ export class Policy {
 
   hasWildcard(): boolean {
     return Object.hasOwn(this.doc.sheds ?? {}, '*');
+  }
+
+  /** Where `path` (e.g. `['sheds', 'my-service', 'aws', 'role']`) was written, when the policy came from files. */
+  locate(keyPath: KeyPath): Position | undefined {
+    return this.locator?.(keyPath);
   }
 
   /** Direct sockets run when `direct` is present or no `server` is configured, unless `direct.enabled: false`. */
@@ -68,30 +107,185 @@ export class Policy {
   }
 }
 
-/** Validate a parsed document; problems name the key path. */
+/** Validate a parsed document (no file: problems name the key path only). */
 export function policyFromDocument(raw: unknown, file = '<policy>'): Policy {
-  const parsed = PolicyDocument.safeParse(raw);
-  if (!parsed.success) {
-    throw new PolicyError(file, parsed.error.issues.map((i) => `${i.path.length ? i.path.join('.') : '(top level)'}: ${i.message}`));
+  const result = validate(PolicyDocument, raw, () => ({ file }), file);
+  if (result.issues.length) {
+    const issues = result.issues.map((i) => ({ path: i.path, message: i.message, file }));
+    throw new PolicyError(file, issues.map(formatIssue), issues);
   }
-  return new Policy(parsed.data, [file]);
+  return new Policy(result.data!, [file]);
 }
 
-/** Read and validate a policy file. */
+/** Read and validate a policy file and its sheds.d directory; throws PolicyError listing every problem. */
 export function loadPolicyFile(file: string): Policy {
-  const resolved = path.resolve(expandHome(file));
+  const main = path.resolve(expandHome(file));
+  const issues: PolicyIssue[] = [];
+  const notices: string[] = [];
+
+  const text = readPolicyText(main, issues, 'the policy file');
+  if (text === undefined) throw new PolicyError(main, issues.map(formatIssue), issues);
+  const source = new YamlSource(main, text);
+  let doc: PolicyDocument | undefined;
+  let mainLocate = (p: KeyPath) => source.locate(p);
+  if (source.syntaxIssues.length) {
+    issues.push(...source.syntaxIssues);
+  } else {
+    const raw = source.value();
+    if (raw === null || raw === undefined) {
+      issues.push({ file: main, line: 1, col: 1, path: [], message: 'the policy file is empty: it needs at least `version: 1` (start from config-examples/extensions.yaml)' });
+    } else if (isLegacy(raw)) {
+      const old = validate(LegacyDocument, raw, (p, o) => source.locate(p, o), main);
+      if (old.issues.length) {
+        issues.push(...old.issues);
+      } else {
+        const translation = translateLegacy(old.data!);
+        mainLocate = (p) => source.locate(legacyPath(p));
+        const next = validate(PolicyDocument, translation.doc, (p, o) => source.locate(legacyPath(p), o), main);
+        issues.push(...next.issues);
+        doc = next.data;
+        notices.push(legacyNotice(main, translation));
+      }
+    } else {
+      const next = validate(PolicyDocument, raw, (p, o) => source.locate(p, o), main);
+      issues.push(...next.issues);
+      doc = next.data;
+    }
+  }
+
+  const shedsDir = path.join(path.dirname(main), SHEDS_DIR_NAME);
+  const perShed = readShedsDir(shedsDir, issues);
+  const files = [main];
+  const sheds: Record<string, ShedSections | null> = { ...(doc?.sheds ?? {}) };
+  const sources = new Map<string, YamlSource>();
+  for (const entry of perShed) {
+    files.push(entry.source.file);
+    if (Object.hasOwn(sheds, entry.name) && !sources.has(entry.name) && doc) {
+      const where = mainLocate(['sheds', entry.name]);
+      issues.push({
+        file: entry.source.file, line: 1, col: 1, path: ['sheds', entry.name],
+        message: `shed ${entry.name} is defined twice: here and in ${where.line !== undefined ? `${where.file}:${where.line}:${where.col}` : main}; keep one of the two`,
+      });
+      continue;
+    }
+    if (sources.has(entry.name)) {
+      issues.push({ file: entry.source.file, line: 1, col: 1, path: ['sheds', entry.name], message: `shed ${entry.name} is defined twice: here and in ${sources.get(entry.name)!.file}; keep one of the two` });
+      continue;
+    }
+    sources.set(entry.name, entry.source);
+    sheds[entry.name] = entry.sections;
+  }
+
+  if (issues.length || !doc) {
+    const order = [...new Set(issues.map((i) => i.file))];
+    issues.sort((a, b) => order.indexOf(a.file) - order.indexOf(b.file) || (a.line ?? 0) - (b.line ?? 0) || (a.col ?? 0) - (b.col ?? 0));
+    throw new PolicyError(main, issues.map(formatIssue), issues);
+  }
+  const locate = (p: KeyPath): Position | undefined => {
+    const own = p[0] === 'sheds' && typeof p[1] === 'string' ? sources.get(p[1]) : undefined;
+    return own ? own.locate(p.slice(2)) : mainLocate(p);
+  };
+  return new Policy({ ...doc, sheds }, files, { notices, locate, shedsDir });
+}
+
+interface ShedFile {
+  name: string;
+  source: YamlSource;
+  sections: ShedSections;
+}
+
+/** The per-shed files of sheds.d (none when it does not exist). */
+function readShedsDir(dir: string, issues: PolicyIssue[]): ShedFile[] {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    issues.push({ file: dir, path: [], message: `cannot read the per-shed directory (${(err as NodeJS.ErrnoException).code}): check its permissions` });
+    return [];
+  }
+  if (!st.isDirectory()) {
+    issues.push({ file: dir, path: [], message: `is not a directory: ${SHEDS_DIR_NAME} beside the policy file holds one <shed>.yaml per shed; remove or rename it` });
+    return [];
+  }
+  const loose = looseness(dir, st);
+  if (loose) issues.push({ file: dir, path: [], message: loose });
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir).sort();
+  } catch (err) {
+    issues.push({ file: dir, path: [], message: `cannot list the per-shed directory (${(err as NodeJS.ErrnoException).code}): check its permissions` });
+    return [];
+  }
+  const out: ShedFile[] = [];
+  for (const entry of names) {
+    // Editors' swap and backup files (.x.swp, x.yaml~) and anything else that is not YAML are not policy.
+    const m = /^([^.].*)\.ya?ml$/.exec(entry);
+    if (!m) continue;
+    const file = path.join(dir, entry);
+    const name = m[1]!;
+    if (!SHED_NAME_RE.test(name)) {
+      issues.push({ file, path: [], message: `${JSON.stringify(name)} is not a shed name (lowercase letters, digits and hyphens, starting with a letter, at most 63): name the file <shed>.yaml` });
+      continue;
+    }
+    const text = readPolicyText(file, issues, 'the per-shed file');
+    if (text === undefined) continue;
+    const source = new YamlSource(file, text);
+    if (source.syntaxIssues.length) {
+      issues.push(...source.syntaxIssues);
+      continue;
+    }
+    const result = validate(ShedSections.nullable(), source.value() ?? null, (p, o) => source.locate(p, o), file, ['sheds', name]);
+    if (result.issues.length) {
+      issues.push(...result.issues);
+      continue;
+    }
+    out.push({ name, source, sections: result.data ?? {} });
+  }
+  return out;
+}
+
+/** The file's text, or undefined with the problem recorded (unreadable, loose permissions). */
+function readPolicyText(file: string, issues: PolicyIssue[], what: string): string | undefined {
+  let st: fs.Stats;
   let text: string;
   try {
-    text = fs.readFileSync(resolved, 'utf8');
+    st = fs.statSync(file);
+    if (st.isDirectory()) {
+      issues.push({ file, path: [], message: `${what} is a directory; give the YAML file's path` });
+      return undefined;
+    }
+    text = fs.readFileSync(file, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    const hint = code === 'ENOENT' ? `create it (see config-examples/ in shed-extensions) or pass --config` : `check its permissions`;
-    throw new PolicyError(resolved, [`cannot read the policy file (${code}): ${hint}`]);
+    const hint = code === 'ENOENT' ? 'create it (see config-examples/ in shed-extensions) or pass --config' : 'check its permissions';
+    issues.push({ file, path: [], message: `cannot read ${what} (${code}): ${hint}` });
+    return undefined;
   }
-  const doc = YAML.parseDocument(text, { prettyErrors: true, uniqueKeys: true });
-  if (doc.errors.length) {
-    throw new PolicyError(resolved, doc.errors.map((e) => e.message.split('\n')[0] ?? e.message));
+  const loose = looseness(file, st);
+  if (loose) {
+    issues.push({ file, path: [], message: loose });
+    return undefined;
   }
-  return policyFromDocument(doc.toJS(), resolved);
+  return text;
 }
 
+/** Why a policy file or directory is unsafe to trust, with the command that fixes it. */
+function looseness(file: string, st: fs.Stats): string | undefined {
+  const kind = st.isDirectory() ? 'directory' : 'file';
+  if (st.mode & 0o022) {
+    const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
+    return `the policy ${kind} is writable by ${st.mode & 0o020 ? (st.mode & 0o002 ? 'group and others' : 'group') : 'others'} (mode ${mode}), `
+      + `so another user could grant sheds your credentials; it is refused until you run: chmod go-w ${shellQuote(file)}`;
+  }
+  const uid = process.getuid?.();
+  if (uid !== undefined && st.uid !== uid && st.uid !== 0) {
+    return `the policy ${kind} is owned by uid ${st.uid}, not by you (uid ${uid}) or root, so that user could grant sheds your credentials; `
+      + `it is refused until you run: chown ${shellQuote(os.userInfo().username)} ${shellQuote(file)}`;
+  }
+  return undefined;
+}
+
+export function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}

@@ -1,0 +1,159 @@
+/**
+ * zod's findings as policy issues: each at the key path and file position it
+ * concerns, in words an admin can act on (unknown keys name the keys that
+ * are allowed there, and the nearest one when it looks like a typo).
+ */
+import type { z } from 'zod';
+import { describeValue, type KeyPath, type PolicyIssue, type Position } from './source.js';
+
+export type Locate = (path: KeyPath, options?: { key?: boolean }) => Position;
+
+interface RawIssue {
+  code: string;
+  path: PropertyKey[];
+  message: string;
+  keys?: string[];
+  values?: unknown[];
+  expected?: string;
+  issues?: RawIssue[];
+  errors?: RawIssue[][];
+}
+
+/**
+ * Validate `value` with `schema`; issues name paths under `prefix` (where
+ * `value` sits in the whole policy) and positions from `locate` (given the
+ * path relative to the file).
+ */
+export function validate<S extends z.ZodType>(
+  schema: S,
+  value: unknown,
+  locate: Locate,
+  file: string,
+  prefix: KeyPath = [],
+): { data: z.output<S>; issues: [] } | { data?: undefined; issues: PolicyIssue[] } {
+  const parsed = schema.safeParse(value);
+  if (parsed.success) return { data: parsed.data, issues: [] };
+  const out: PolicyIssue[] = [];
+  const add = (issue: RawIssue, base: KeyPath) => {
+    const rel = [...base, ...(issue.path as Array<string | number>)];
+    if (issue.code === 'invalid_union' && issue.errors?.length) {
+      const best = [...issue.errors].sort((a, b) => a.length - b.length)[0]!;
+      for (const sub of best) add(sub, rel);
+      return;
+    }
+    if (issue.code === 'unrecognized_keys') {
+      const known = knownKeys(schema, rel);
+      for (const key of issue.keys ?? []) {
+        out.push({ ...at(locate(rel.concat(key), { key: true }), file), path: [...prefix, ...rel, key], message: unknownKeyMessage(key, known, prefix.length + rel.length === 0) });
+      }
+      return;
+    }
+    if (issue.code === 'invalid_key') {
+      const inner = issue.issues?.[0]?.message ?? 'not a valid key here';
+      out.push({ ...at(locate(rel, { key: true }), file), path: [...prefix, ...rel], message: `${JSON.stringify(String(rel[rel.length - 1]))} is not ${rel[rel.length - 2] === 'sheds' ? 'a shed name' : 'allowed as a key here'}: ${inner}` });
+      return;
+    }
+    const actual = get(value, rel);
+    let message = issue.message;
+    if (issue.code === 'invalid_value' && /^Invalid/.test(message) && issue.values) {
+      message = `expected ${issue.values.length === 1 ? String(issue.values[0]) : `one of ${issue.values.map(String).join(', ')}`}`;
+    } else if (issue.code === 'invalid_type' && /^Invalid/.test(message)) {
+      message = `expected ${article(issue.expected ?? 'value')}`;
+    } else if (/^(Too|Invalid)/.test(message)) {
+      message = message.replace(/^Too (small|big): expected (\w+) to have /, 'expected $2 to have ').replace(/^Invalid input: /, '');
+    }
+    const got = actual === undefined ? 'it is missing' : `got ${describeValue(actual)}`;
+    out.push({ ...at(locate(rel), file), path: [...prefix, ...rel], message: `${message}; ${got}` });
+  };
+  for (const issue of parsed.error.issues as unknown as RawIssue[]) add(issue, []);
+  return { issues: out };
+}
+
+function at(pos: Position, file: string): Position {
+  return { ...pos, file: pos.file ?? file };
+}
+
+function article(type: string): string {
+  if (type === 'object' || type === 'record') return 'a map';
+  if (type === 'array') return 'a list';
+  if (type === 'boolean') return 'true or false';
+  return /^[aeiou]/.test(type) ? `an ${type}` : `a ${type}`;
+}
+
+function get(value: unknown, path: KeyPath): unknown {
+  let v = value;
+  for (const seg of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<string | number, unknown>)[seg];
+  }
+  return v;
+}
+
+const SECTION_HINT = new Set(['ssh', 'aws', 'docker', 'approval', 'limits']);
+
+function unknownKeyMessage(key: string, known: string[], topLevel: boolean): string {
+  if (topLevel && SECTION_HINT.has(key)) {
+    return `unknown key ${JSON.stringify(key)} at the top level: in version 1, ${key} settings go under \`defaults:\` (every shed) or a shed's entry under \`sheds:\``;
+  }
+  const near = known.map((k) => [k, distance(k, key)] as const).filter(([, d]) => d <= Math.max(1, Math.floor(key.length / 4))).sort((a, b) => a[1] - b[1])[0];
+  const hint = near ? ` (did you mean ${JSON.stringify(near[0])}?)` : '';
+  return `unknown key ${JSON.stringify(key)}${hint}${known.length ? `; allowed here: ${known.join(', ')}` : ''}`;
+}
+
+/** The keys an object schema allows at `path` (through optional, nullable, records, unions of objects). */
+export function knownKeys(schema: z.ZodType, path: KeyPath): string[] {
+  let nodes: unknown[] = [schema];
+  for (const seg of [...path, undefined]) {
+    nodes = nodes.flatMap(unwrap);
+    if (seg === undefined) break;
+    nodes = nodes.flatMap((n) => {
+      const def = defOf(n);
+      if (def.type === 'object') return def.shape?.[seg as string] ? [def.shape[seg as string]] : [];
+      if (def.type === 'record') return [def.valueType];
+      if (def.type === 'array') return [def.element];
+      return [];
+    });
+  }
+  const keys = new Set<string>();
+  for (const n of nodes) {
+    const def = defOf(n);
+    if (def.type === 'object') for (const k of Object.keys(def.shape ?? {})) keys.add(k);
+  }
+  return [...keys];
+}
+
+interface Def {
+  type: string;
+  shape?: Record<string, unknown>;
+  innerType?: unknown;
+  valueType?: unknown;
+  element?: unknown;
+  options?: unknown[];
+  in?: unknown;
+}
+
+function defOf(node: unknown): Def {
+  return ((node as { _zod?: { def?: Def } })._zod?.def) ?? { type: 'unknown' };
+}
+
+function unwrap(node: unknown): unknown[] {
+  const def = defOf(node);
+  if (def.type === 'optional' || def.type === 'nullable' || def.type === 'default') return unwrap(def.innerType);
+  if (def.type === 'pipe') return unwrap(def.in);
+  if (def.type === 'union') return (def.options ?? []).flatMap(unwrap);
+  return [node];
+}
+
+function distance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const cur = row[j]!;
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = cur;
+    }
+  }
+  return row[b.length]!;
+}
