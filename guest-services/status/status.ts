@@ -15,6 +15,8 @@ export type NamespaceState =
   | 'connected'
   /** The host answered, and its policy turns this namespace off for this shed (on purpose). */
   | 'disabled'
+  /** The host answered, but its backend for this namespace cannot serve. */
+  | 'unavailable'
   /** The host answered with a refusal (shed not in its policy, ...). */
   | 'refused'
   /** No answer from the host: shed-agent down, no channel, broker not running, deadline. */
@@ -62,9 +64,8 @@ async function statusOf(bus: StatusBus, namespace: Namespace, deadlineMs: number
     return fromError(bus, namespace, err, deadlineMs);
   }
   if (status.connected === false) {
-    // The host answered but says its backend for this namespace is not usable.
-    const why = typeof status.error === 'string' ? status.error : 'the host reports its backend unavailable';
-    return { namespace, state: 'refused', status, summary: why };
+    // The host answered, but its backend for this namespace cannot serve (no agent, no Docker config).
+    return { namespace, state: 'unavailable', status, summary: describeUnavailable(namespace, status) };
   }
   return { namespace, state: 'connected', status, summary: describeStatus(namespace, status) };
 }
@@ -114,6 +115,22 @@ export function describeStatus(namespace: Namespace, status: Payload): string {
   }
 }
 
+/** Why the host's backend cannot serve: its own words when it gives them. */
+export function describeUnavailable(namespace: Namespace, status: Payload): string {
+  for (const key of ['problem', 'error', 'reason']) {
+    const value = status[key];
+    if (typeof value === 'string' && value) return value.slice(0, 500);
+  }
+  switch (namespace) {
+    case 'ssh-agent':
+      return 'the host has no SSH agent or keys to sign with; see the shed-host-agent log on the host';
+    case 'aws-credentials':
+      return 'the host cannot issue AWS credentials; see the shed-host-agent log on the host';
+    case 'docker-credentials':
+      return 'the host has no Docker config to read registry credentials from: run `docker login <registry>` on the host';
+  }
+}
+
 function plural(n: number, one: string, many = `${one}s`): string {
   return `${n} ${n === 1 ? one : many}`;
 }
@@ -121,6 +138,7 @@ function plural(n: number, one: string, many = `${one}s`): string {
 const MARK: Record<NamespaceState, string> = {
   connected: '✓ connected',
   disabled: '- disabled',
+  unavailable: '✗ unavailable',
   refused: '✗ refused',
   not_connected: '✗ not connected',
 };
