@@ -121,9 +121,9 @@ export async function auditCommand(argv: string[], io: AuditCommandIo = processI
   }
   if (values.follow) {
     const st = statOrUndefined(file);
-    await follow(file, st?.ino, st?.size ?? 0, emit, io);
+    await follow(file, keep, st?.ino, st?.size ?? 0, emit, io);
   }
-  if (malformed > 0) io.stderr(`shed-host-agent audit: skipped ${malformed} line${malformed === 1 ? '' : 's'} that are not audit entries\n`);
+  if (malformed > 0) io.stderr(`shed-host-agent audit: skipped ${malformed === 1 ? '1 line that is not an audit entry' : `${malformed} lines that are not audit entries`}\n`);
   return 0;
 }
 
@@ -155,9 +155,11 @@ function statOrUndefined(file: string): fs.Stats | undefined {
 /**
  * Print lines appended to `file` until the signal fires. A rotation (a new
  * inode at the path, or a shorter file) first drains what the old file still
- * had past our offset, then starts the new file from its beginning.
+ * had past our offset, then prints the files rotated out after it (several
+ * rotations can happen between two looks), then follows the new file from
+ * its beginning.
  */
-async function follow(file: string, ino: number | undefined, offset: number, emit: (line: string) => void, io: AuditCommandIo): Promise<void> {
+async function follow(file: string, keep: number, ino: number | undefined, offset: number, emit: (line: string) => void, io: AuditCommandIo): Promise<void> {
   const { signal, cleanup } = stopSignal(io.signal);
   let partial = '';
   let fd: number | undefined = ino !== undefined ? openRead(file) : undefined;
@@ -183,6 +185,15 @@ async function follow(file: string, ino: number | undefined, offset: number, emi
           readFrom(fd);
           fs.closeSync(fd);
         }
+        if (ino !== undefined && st.ino !== ino) {
+          for (const missed of rotatedAfter(file, ino, keep)) {
+            try {
+              fs.readFileSync(missed, 'utf8').split('\n').forEach(emit);
+            } catch {
+              // Rotated away again meanwhile: nothing more to recover.
+            }
+          }
+        }
         fd = openRead(file);
         ino = st.ino;
         offset = 0;
@@ -201,6 +212,16 @@ async function follow(file: string, ino: number | undefined, offset: number, emi
     if (fd !== undefined) fs.closeSync(fd);
     cleanup();
   }
+}
+
+/** The rotated files newer than the one with inode `ino` (now `file.k`): `file.k-1` … `file.1`. */
+function rotatedAfter(file: string, ino: number, keep: number): string[] {
+  for (let k = 1; k <= keep; k++) {
+    const st = statOrUndefined(`${file}.${k}`);
+    if (!st) break;
+    if (st.ino === ino) return Array.from({ length: k - 1 }, (_, i) => `${file}.${k - 1 - i}`);
+  }
+  return [];
 }
 
 function openRead(file: string): number | undefined {
