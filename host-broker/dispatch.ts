@@ -5,14 +5,14 @@
  * answer each request id at most once.
  */
 import { CommonCode } from '../protocol/codes.js';
-import { describeIssues, Envelope, errorPayload, isNamespace, type Namespace, type Payload } from '../protocol/envelope.js';
+import { describeIssues, Envelope, errorPayload, type Namespace, type Payload } from '../protocol/envelope.js';
 import type { Logger } from '../protocol/log.js';
 import { uuidv7Time } from '../protocol/messages.js';
 import type { AuditEntry, AuditSink } from './audit/audit.js';
 import { DedupeWindow } from './dedupe.js';
 import { BrokerError, type ApprovalOutcome, type ApprovalSubject, type NamespaceHandler, type RequestContext } from './handler.js';
 import type { EffectiveShed } from './policy/effective.js';
-import { SECTION_OF } from './policy/effective.js';
+import { shedDecision } from './policy/decide.js';
 import type { Policy } from './policy/policy.js';
 
 /**
@@ -95,18 +95,14 @@ export class Dispatcher {
       return errorPayload(code, message);
     };
 
-    const policy = this.options.policy().resolve(shed);
-    if (!policy) {
-      return deny(CommonCode.SHED_NOT_ALLOWED, `shed ${shed} is not in the host policy; add it (or a "*" entry) to the policy file`);
+    // The shed-level verdict is shared with `shed-host-agent explain`.
+    const verdict = shedDecision(this.options.policy(), shed, envelope.namespace, this.handlers.has(envelope.namespace));
+    if (!verdict.allowed || !verdict.shed) {
+      return deny(verdict.code ?? CommonCode.SHED_NOT_ALLOWED, verdict.message ?? verdict.rule);
     }
-    const namespace = envelope.namespace;
-    const handler = this.handlers.get(namespace);
-    if (!isNamespace(namespace) || !handler) {
-      return deny(CommonCode.NAMESPACE_DISABLED, `this host does not serve the ${namespace.slice(0, 64)} namespace`);
-    }
-    if (!policy[SECTION_OF[namespace]].enabled) {
-      return deny(CommonCode.NAMESPACE_DISABLED, `${namespace} is disabled for shed ${shed} by the host policy`);
-    }
+    const policy = verdict.shed;
+    const namespace = envelope.namespace as Namespace;
+    const handler = this.handlers.get(namespace)!;
     if (!operation) {
       return deny(CommonCode.INVALID_REQUEST, 'the payload has no "operation"');
     }

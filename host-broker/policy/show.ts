@@ -1,0 +1,160 @@
+/**
+ * A shed's effective policy as the admin reads it: every value with where it
+ * came from (built-in, `defaults`, the shed's own entry or `"*"`, and the
+ * file:line it was written at), and a one-line summary for `policy list` and
+ * `check`.
+ */
+import path from 'node:path';
+import { stringify } from 'yaml';
+import { BUILTIN_DEFAULTS, mergeSections, type EffectiveShed } from './effective.js';
+import type { Policy } from './policy.js';
+import { formatDuration } from './schema.js';
+import type { KeyPath } from './source.js';
+
+type Plain = Record<string, unknown>;
+
+function isMap(value: unknown): value is Plain {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Values that are durations (milliseconds in the effective policy, shown as `1h`). */
+const DURATIONS = new Set(['aws.session_duration', 'aws.refresh_before', 'approval.ttl', 'approval.timeout']);
+/** Maps shown as one value rather than key by key. */
+const OPAQUE = new Set(['aws.session_policy']);
+
+export interface ShownShed {
+  effective: EffectiveShed;
+  /** `sheds.my-service`, or `sheds."*"` for a shed admitted by the wildcard. */
+  entry: string;
+  /** Origin of each value, by dotted path within the sections (`aws.role`). */
+  origins: Map<string, string>;
+}
+
+/**
+ * The effective policy of `shed` and each value's origin; undefined when the
+ * policy does not admit it. Origins follow the merge exactly: maps merge key
+ * by key, so each key keeps the layer that last set it; a list or scalar is
+ * the layer that replaced it.
+ */
+export function showShed(policy: Policy, shed: string): ShownShed | undefined {
+  const effective = policy.resolve(shed);
+  if (!effective) return undefined;
+  const entryName = effective.matched === 'named' ? shed : '*';
+  const entry = `sheds.${entryName === '*' ? '"*"' : entryName}`;
+  const origins = new Map<string, string>();
+  const where = (keyPath: KeyPath): string => {
+    const at = policy.locate(keyPath);
+    if (!at || at.line === undefined) return '';
+    const main = policy.files[0];
+    const file = main ? path.relative(path.dirname(main), at.file) || path.basename(at.file) : at.file;
+    return ` (${file}:${at.line})`;
+  };
+  const overlay = (over: unknown, base: unknown, prefix: string[], label: (p: string[]) => string) => {
+    if (!isMap(over)) return;
+    for (const [key, value] of Object.entries(over)) {
+      if (value === undefined) continue;
+      const p = [...prefix, key];
+      origins.set(p.join('.'), label(p));
+      const below = isMap(base) ? base[key] : undefined;
+      if (isMap(value) && isMap(below)) overlay(value, below, p, label);
+      else if (isMap(value)) for (const sub of leafPaths(value, p)) origins.set(sub.join('.'), label(p));
+    }
+  };
+  const builtin = BUILTIN_DEFAULTS as unknown as Plain;
+  overlay(builtin, undefined, [], () => 'built-in');
+  overlay(policy.doc.defaults ?? {}, builtin, [], (p) => `defaults${where(['defaults', ...p])}`);
+  const own = policy.doc.sheds?.[entryName] ?? {};
+  overlay(own, mergeSections(builtin, policy.doc.defaults ?? {}), [], (p) => `${entry}${where(['sheds', entryName, ...p])}`);
+  origins.set('aws.tags.shed', 'set by the broker: the shed\'s name');
+  return { effective, entry, origins };
+}
+
+function leafPaths(value: Plain, prefix: string[]): string[][] {
+  return Object.entries(value).flatMap(([k, v]) => (isMap(v) ? leafPaths(v, [...prefix, k]) : [[...prefix, k]]));
+}
+
+/** The effective policy as YAML, each value commented with its origin. */
+export function renderShed(policy: Policy, shed: string): string | undefined {
+  const shown = showShed(policy, shed);
+  if (!shown) return undefined;
+  const { effective, origins } = shown;
+  const rows: Array<[string, string]> = [];
+  const emit = (value: unknown, p: string[], depth: number) => {
+    const dotted = p.join('.');
+    const indent = '  '.repeat(depth);
+    const key = p[p.length - 1]!;
+    if (isMap(value) && !OPAQUE.has(dotted) && Object.keys(value).length > 0) {
+      rows.push([`${indent}${yamlKey(key)}:`, '']);
+      for (const [k, v] of Object.entries(value)) if (v !== undefined) emit(v, [...p, k], depth + 1);
+      return;
+    }
+    const shownValue = DURATIONS.has(dotted) && typeof value === 'number' ? formatDuration(value) : value;
+    rows.push([`${indent}${yamlKey(key)}: ${flow(shownValue)}`, originOf(origins, p)]);
+  };
+  for (const section of ['ssh', 'aws', 'docker', 'approval', 'limits'] as const) emit(effective[section], [section], 0);
+  const width = Math.min(60, Math.max(...rows.map(([text]) => text.length)));
+  const head = [
+    `# shed ${shed}: ${effective.matched === 'named' ? `its own entry, ${shown.entry}` : `no entry of its own: the "*" entry`} merged over defaults`,
+    `# ${describeSocket(policy, shed)}`,
+  ];
+  return `${head.join('\n')}\n${rows.map(([text, origin]) => (origin ? `${text.padEnd(width)}  # ${origin}` : text)).join('\n')}\n`;
+}
+
+function originOf(origins: Map<string, string>, p: string[]): string {
+  for (let n = p.length; n > 0; n--) {
+    const o = origins.get(p.slice(0, n).join('.'));
+    if (o) return o;
+  }
+  return 'built-in';
+}
+
+function yamlKey(key: string): string {
+  return /^[A-Za-z0-9_-]+$/.test(key) ? key : JSON.stringify(key);
+}
+
+function flow(value: unknown): string {
+  return stringify(value, { collectionStyle: 'flow', lineWidth: 0 }).replace(/\s*\n\s*/g, ' ').trim();
+}
+
+/** Where the shed's guests connect on this host. */
+export function describeSocket(policy: Policy, shed: string): string {
+  const direct = policy.direct;
+  const named = policy.namedSheds().includes(shed);
+  const parts: string[] = [];
+  if (direct.enabled && named) parts.push(`direct socket ${path.join(direct.socketsDir, `${shed}.sock`)}`);
+  else if (direct.enabled) parts.push('no direct socket (only sheds named in the policy get one)');
+  if (policy.server) parts.push(`shed-server ${policy.server.url}`);
+  return parts.join('; ') || 'no transport';
+}
+
+export interface ShedSummary {
+  shed: string;
+  role: string;
+  ssh: string;
+  registries: string;
+  approval: string;
+  socket: string;
+}
+
+/** One shed's policy in a few words per namespace. */
+export function summarizeShed(policy: Policy, shed: string): ShedSummary | undefined {
+  const e = policy.resolve(shed);
+  if (!e) return undefined;
+  const role = !e.aws.enabled ? 'disabled' : (e.aws.role ?? '(none)');
+  const keys = e.ssh.allowed_keys.length ? `${e.ssh.allowed_keys.length} key${e.ssh.allowed_keys.length === 1 ? '' : 's'}` : 'every key';
+  const hosts = e.ssh.allowed_hosts === undefined ? '' : `, ${e.ssh.allowed_hosts.length} allowed host${e.ssh.allowed_hosts.length === 1 ? '' : 's'}`;
+  const ssh = e.ssh.enabled ? `${e.ssh.mode}, ${keys}${hosts}` : 'disabled';
+  const registries = !e.docker.enabled ? 'disabled' : e.docker.allow_all ? `all${e.docker.registries.length ? ` (${e.docker.registries.join(',')})` : ''}` : (e.docker.registries.join(',') || '(none)');
+  const a = e.approval;
+  const approval = a.gate === 'none' ? 'none' : `${a.gate} ${a.policy}${a.policy === 'per-request' ? '' : ` ${formatDuration(a.ttl)}`}${a.applies_to.includes('aws-credentials') ? ' (ssh, aws)' : ''}`;
+  const direct = policy.direct;
+  const socket = shed === '*'
+    ? (policy.server ? 'shed-server only' : '-')
+    : direct.enabled ? path.join(direct.socketsDir, `${shed}.sock`) : 'shed-server only';
+  return { shed: shed === '*' ? '"*"' : shed, role, ssh, registries, approval, socket };
+}
+
+/** Every shed the policy names, and `"*"` last. */
+export function listedSheds(policy: Policy): string[] {
+  return [...policy.namedSheds(), ...(policy.hasWildcard() ? ['*'] : [])];
+}
