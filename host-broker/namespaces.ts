@@ -6,6 +6,7 @@ import type { Logger } from '../protocol/log.js';
 import { createAwsHandler } from './aws/handler.js';
 import { createDockerHandler } from './docker/handler.js';
 import type { NamespaceHandler } from './handler.js';
+import { createSshHandler } from './ssh/handler.js';
 
 export interface HandlerDeps {
   log: Logger;
@@ -13,6 +14,7 @@ export interface HandlerDeps {
 
 export function createHandlers(deps: HandlerDeps): NamespaceHandler[] {
   return [
+    createSshHandler({ log: deps.log }),
     createAwsHandler({ log: deps.log }),
     createDockerHandler({ log: deps.log }),
   ];

@@ -65,6 +65,8 @@ export const SshCode = {
   SIGNING_NAMESPACE_NOT_ALLOWED: 'SIGNING_NAMESPACE_NOT_ALLOWED',
   /** A session-bind whose server signature does not verify. */
   BIND_FAILED: 'BIND_FAILED',
+  /** agent-forward mode, and the host's SSH agent does not answer. */
+  AGENT_UNAVAILABLE: 'AGENT_UNAVAILABLE',
 } as const;
 
 export const AwsCode = {

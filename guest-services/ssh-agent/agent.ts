@@ -1,0 +1,333 @@
+/**
+ * shed-ext-ssh-agent: an SSH agent on a unix socket inside the shed whose
+ * keys live on the host. ssh, git, scp and ssh-keygen talk to it through
+ * `SSH_AUTH_SOCK`; every request becomes a bus request to the host's
+ * `ssh-agent` namespace, and no private key ever reaches this side.
+ *
+ * The agent protocol is ssh2's `AgentProtocol` (server side), fed one whole
+ * frame at a time so replies keep their order. It answers FAILURE to every
+ * message it does not serve (add, remove, lock, ...). OpenSSH's
+ * `session-bind@openssh.com` extension it cannot surface, so frames of type
+ * SSH_AGENTC_EXTENSION are handled here: the bind goes to the host as `bind`,
+ * and the host's verdict is the answer. A host without `bind` makes it a
+ * FAILURE, which ssh tolerates.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import ssh2 from 'ssh2';
+import type { Logger } from '../../protocol/log.js';
+import { SshListResponse, SshSignResponse } from '../../protocol/ssh-agent.js';
+import { BusClient, BusError } from '../bus-client.js';
+
+export const DEFAULT_SOCK = '/run/shed-extensions/ssh-agent.sock';
+export const STATUS_FILE = 'ssh-agent.status';
+const NS = 'ssh-agent';
+
+const SSH_AGENT_FAILURE = 5;
+const SSH_AGENT_SUCCESS = 6;
+const SSH_AGENTC_EXTENSION = 27;
+/** OpenSSH's limit on one agent message; a longer one closes the connection, as ssh-agent does. */
+export const MAX_MESSAGE = 256 * 1024;
+/** Frames read ahead of the one being answered before the connection stops reading. */
+const MAX_QUEUED = 16;
+
+const FAILURE = Buffer.from([0, 0, 0, 1, SSH_AGENT_FAILURE]);
+const SUCCESS = Buffer.from([0, 0, 0, 1, SSH_AGENT_SUCCESS]);
+
+export interface SshAgentOptions {
+  sockPath: string;
+  publishUrl: string;
+  log: Logger;
+  /** The startup ping's limit; 2 s. */
+  pingDeadlineMs?: number;
+  /** For list and bind; 5 s. */
+  deadlineMs?: number;
+  /** For sign, which may wait for an approval on the host; 30 s (shed-agent's own limit). */
+  signDeadlineMs?: number;
+}
+
+export interface RunningAgent {
+  sockPath: string;
+  statusPath: string;
+  /** Whether the startup ping was answered. */
+  connected: boolean;
+  close(): Promise<void>;
+}
+
+interface Pending {
+  resolve: (reply: Buffer) => void;
+}
+
+/** Start serving; resolves once the socket listens and the startup ping has been answered or given up on. */
+export async function startSshAgent(options: SshAgentOptions): Promise<RunningAgent> {
+  const { sockPath, log } = options;
+  const bus = new BusClient({ publishUrl: options.publishUrl, deadlineMs: options.deadlineMs ?? 5_000 });
+  const signDeadlineMs = options.signDeadlineMs ?? 30_000;
+  const statusPath = path.join(path.dirname(sockPath), STATUS_FILE);
+  const sockets = new Set<net.Socket>();
+  let lastStatus = '';
+
+  const setStatus = (text: string) => {
+    if (text === lastStatus) return;
+    lastStatus = text;
+    try {
+      const tmp = `${statusPath}.${process.pid}.tmp`;
+      fs.writeFileSync(tmp, `${text}\n`, { mode: 0o600 });
+      fs.renameSync(tmp, statusPath);
+    } catch (err) {
+      log.warn(`cannot write ${statusPath}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  };
+
+  /** Publish, keeping the status file in step with whether the host answers. */
+  const call = async (payload: Record<string, unknown>, deadlineMs?: number): Promise<Record<string, unknown>> => {
+    try {
+      const answer = await bus.publish(NS, payload, { deadlineMs });
+      setStatus('connected');
+      return answer;
+    } catch (err) {
+      if (err instanceof BusError) setStatus(err.kind === 'host' ? 'connected' : `not connected: ${err.describe()}`);
+      throw err;
+    }
+  };
+
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    serveConnection(socket, call, signDeadlineMs, log);
+  });
+  await listenPrivate(server, sockPath);
+  log.info(`serving SSH agent on ${sockPath} (host via ${options.publishUrl})`);
+
+  let connected = false;
+  try {
+    await bus.ping(NS, { deadlineMs: options.pingDeadlineMs ?? 2_000 });
+    connected = true;
+    setStatus('connected');
+  } catch (err) {
+    const why = err instanceof BusError ? err.describe() : (err as Error).message;
+    setStatus(`not connected: ${why}`);
+    log.warn(`the host's ssh-agent namespace does not answer (${why}); ssh will see an empty agent until shed-host-agent runs on the host with this shed in its policy`);
+  }
+
+  let closing: Promise<void> | undefined;
+  return {
+    sockPath,
+    statusPath,
+    connected,
+    close() {
+      closing ??= new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const s of sockets) s.destroy();
+        bus.close();
+        for (const file of [sockPath, statusPath]) fs.rmSync(file, { force: true });
+      });
+      return closing;
+    },
+  };
+}
+
+type Call = (payload: Record<string, unknown>, deadlineMs?: number) => Promise<Record<string, unknown>>;
+
+/**
+ * One client connection: split the byte stream into frames (ssh may write a
+ * frame's length and body separately), answer them strictly in order.
+ */
+function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number, log: Logger): void {
+  const proto = new ssh2.AgentProtocol(false);
+  let pending: Pending | undefined;
+  proto.on('data', (reply: Buffer) => {
+    const p = pending;
+    pending = undefined;
+    p?.resolve(reply);
+  });
+  proto.on('error', (err: Error) => {
+    log.debug(`agent protocol error: ${err.message}`);
+    socket.destroy();
+  });
+
+  proto.on('identities', (req) => {
+    call({ operation: 'list' })
+      .then((answer) => {
+        const parsed = SshListResponse.safeParse(answer);
+        if (!parsed.success) throw new Error('the host answered list with something that is not a key list');
+        const keys = parsed.data.keys.map((k) => ({ pubKey: { pubKey: Buffer.from(k.blob, 'base64'), comment: k.comment } }));
+        proto.getIdentitiesReply(req, keys as never);
+      })
+      .catch((err: Error) => {
+        logRefusal(log, 'listing keys', err);
+        proto.failureReply(req);
+      });
+  });
+
+  proto.on('sign', (req, pubKey, data, flags) => {
+    const blob = pubKey.getPublicSSH();
+    const fp = `SHA256:${crypto.createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
+    const flagBits = flags.hash === 'sha256' ? 2 : flags.hash === 'sha512' ? 4 : 0;
+    call({ operation: 'sign', public_key: blob.toString('base64'), data: data.toString('base64'), flags: flagBits }, signDeadlineMs)
+      .then((answer) => {
+        const parsed = SshSignResponse.safeParse(answer);
+        if (!parsed.success) throw new Error('the host answered sign with something that is not a signature');
+        // ssh2 keeps the signature format it will write (rsa-sha2-512, ssh-ed25519, ...) as the request's context; its typings omit it.
+        const expected = (req as unknown as { getContext(): string }).getContext();
+        if (parsed.data.format !== expected || parsed.data.rest) {
+          throw new Error(`the host signed as ${parsed.data.format.slice(0, 64)} where ${expected} was asked`);
+        }
+        proto.signReply(req, Buffer.from(parsed.data.blob, 'base64'));
+      })
+      .catch((err: Error) => {
+        logRefusal(log, `signing with ${fp}`, err);
+        proto.failureReply(req);
+      });
+  });
+
+  const answerExtension = async (frame: Buffer): Promise<Buffer> => {
+    const ext = parseExtension(frame);
+    if (ext?.name !== 'session-bind@openssh.com' || !ext.bind) return FAILURE;
+    const { hostkey, sessionId, signature, forwarding } = ext.bind;
+    try {
+      const answer = await call({
+        operation: 'bind',
+        hostkey: hostkey.toString('base64'),
+        session_id: sessionId.toString('base64'),
+        signature: signature.toString('base64'),
+        is_forwarding: forwarding,
+      });
+      return answer.bound === true ? SUCCESS : FAILURE;
+    } catch (err) {
+      // An older host without `bind` is not worth a warning per login: ssh carries on without it.
+      if (err instanceof BusError && err.code === 'UNKNOWN_OPERATION') log.debug('the host does not know bind (older shed-host-agent); answering FAILURE');
+      else logRefusal(log, 'binding a session', err as Error);
+      return FAILURE;
+    }
+  };
+
+  const answer = (frame: Buffer): Promise<Buffer> => {
+    if (frame.length === 4) return Promise.resolve(FAILURE);
+    if (frame[4] === SSH_AGENTC_EXTENSION) return answerExtension(frame);
+    return new Promise<Buffer>((resolve) => {
+      pending = { resolve };
+      proto.write(frame);
+    });
+  };
+
+  let buf: Buffer = Buffer.alloc(0);
+  const queue: Buffer[] = [];
+  let busy = false;
+
+  const pump = async () => {
+    if (busy) return;
+    busy = true;
+    while (queue.length && !socket.destroyed) {
+      const frame = queue.shift()!;
+      if (queue.length < MAX_QUEUED / 2 && socket.isPaused()) socket.resume();
+      const reply = await answer(frame);
+      if (!socket.destroyed) socket.write(reply);
+    }
+    busy = false;
+  };
+
+  socket.on('data', (chunk: Buffer) => {
+    buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
+    while (buf.length >= 4) {
+      const len = buf.readUInt32BE(0);
+      if (len > MAX_MESSAGE) {
+        log.warn(`closing an agent connection that sent a ${len}-byte message (limit ${MAX_MESSAGE})`);
+        socket.destroy();
+        return;
+      }
+      if (buf.length < 4 + len) break;
+      queue.push(buf.subarray(0, 4 + len));
+      buf = buf.subarray(4 + len);
+    }
+    if (queue.length >= MAX_QUEUED) socket.pause();
+    void pump();
+  });
+  socket.on('error', () => socket.destroy());
+  socket.on('close', () => proto.destroy());
+}
+
+interface Extension {
+  name: string;
+  bind?: { hostkey: Buffer; sessionId: Buffer; signature: Buffer; forwarding: boolean };
+}
+
+/** SSH_AGENTC_EXTENSION: `string name`, then the extension's own fields (PROTOCOL.agent). */
+export function parseExtension(frame: Buffer): Extension | undefined {
+  let p = 5;
+  const str = (): Buffer => {
+    if (p + 4 > frame.length) throw new RangeError('truncated');
+    const len = frame.readUInt32BE(p);
+    if (p + 4 + len > frame.length) throw new RangeError('truncated');
+    const s = frame.subarray(p + 4, p + 4 + len);
+    p += 4 + len;
+    return s;
+  };
+  try {
+    const name = str().toString('utf8');
+    if (name !== 'session-bind@openssh.com') return { name };
+    const hostkey = str();
+    const sessionId = str();
+    const signature = str();
+    if (p + 1 !== frame.length) return { name };
+    return { name, bind: { hostkey, sessionId, signature, forwarding: frame[p] !== 0 } };
+  } catch {
+    return undefined;
+  }
+}
+
+function logRefusal(log: Logger, what: string, err: Error): void {
+  if (err instanceof BusError) {
+    if (err.kind === 'deadline') log.warn(`${what}: the host did not answer in time; ${err.hint}`);
+    else log.warn(`${what} failed: ${err.describe()}`);
+  } else {
+    log.warn(`${what} failed: ${err.message}`);
+  }
+}
+
+/**
+ * Listen on `sockPath` with mode 0600. A stale socket file (nothing answers)
+ * is replaced; a live one, or a file that is not a socket, is left alone and
+ * reported.
+ */
+async function listenPrivate(server: net.Server, sockPath: string): Promise<void> {
+  const dir = path.dirname(sockPath);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.lstatSync(sockPath);
+  } catch {
+    st = undefined;
+  }
+  if (st) {
+    if (!st.isSocket()) throw new Error(`${sockPath} exists and is not a socket; remove it or choose another --sock`);
+    if (await answers(sockPath)) throw new Error(`another agent is already serving ${sockPath}; stop it or choose another --sock`);
+    fs.rmSync(sockPath, { force: true });
+  }
+  const previous = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(sockPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } finally {
+    process.umask(previous);
+  }
+  fs.chmodSync(sockPath, 0o600);
+}
+
+function answers(sockPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createConnection(sockPath);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
