@@ -1,14 +1,32 @@
 #!/usr/bin/env node
 /** docker-credential-shed: see helper.ts. */
+import fs from 'node:fs';
 import tty from 'node:tty';
 import { readStdin, runHelper } from './helper.js';
 
-const code = await runHelper(process.argv.slice(2), {
+/**
+ * Write straight to fd 1 / fd 2: a one-shot helper that only ever prints a
+ * line or two saves the set-up of process.stdout/stderr (Node writes pipes
+ * and files synchronously on Linux anyway). The stream is the fallback when
+ * the fd is non-blocking.
+ */
+function writer(fd: 1 | 2): (text: string) => void {
+  return (text) => {
+    const buf = Buffer.from(text);
+    let off = 0;
+    try {
+      while (off < buf.length) off += fs.writeSync(fd, buf, off);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err;
+      (fd === 1 ? process.stdout : process.stderr).write(buf.subarray(off));
+    }
+  };
+}
+
+process.exitCode = await runHelper(process.argv.slice(2), {
   readStdin: () => readStdin(),
   stdinIsTTY: tty.isatty(0),
-  stdout: (text) => process.stdout.write(text),
-  stderr: (text) => process.stderr.write(text),
+  stdout: writer(1),
+  stderr: writer(2),
   env: process.env,
 });
-// Let stdout drain to a pipe before exiting.
-process.exitCode = code;
