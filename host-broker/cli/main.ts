@@ -5,6 +5,10 @@ import { createLogger } from '../../protocol/log.js';
 import { VERSION } from '../../protocol/version.js';
 import { DEFAULT_POLICY_PATH, PolicyError } from '../policy/policy.js';
 import { auditCommand } from './audit.js';
+import { doctorCommand } from './doctor.js';
+import { explainCommand } from './explain-command.js';
+import { processIo } from './io.js';
+import { checkCommand, policyListCommand, policyShowCommand } from './policy-commands.js';
 import { runBroker } from './run.js';
 
 const USAGE = `Usage: shed-host-agent [command] [--config FILE]
@@ -13,12 +17,25 @@ Brokers SSH signatures, AWS role credentials and registry credentials for
 shed VMs, decided by a per-shed policy.
 
 Commands:
-  run        serve the policy's sheds (the default)
-  audit      the audit log as a timeline (audit --help)
-  version    print the version
+  run                  serve the policy's sheds (the default); reloads the
+                       policy on edit and on SIGHUP
+  check                validate the policy: one line per shed (exit 0), or
+                       every problem as file:line:col (exit 1)
+  policy list          each shed's role, ssh mode and keys, registries,
+                       approval and socket
+  policy show SHED     SHED's merged policy as YAML, each value with its origin
+  explain SHED NAMESPACE OPERATION [--key FP] [--registry HOST] [--host NAME]
+                       [--signing-namespace NS] [--json]
+                       the decision the broker would make, and the rule that
+                       decides it (exit 0 allowed, 1 denied); touches no backend
+  doctor               check the host side (ssh agent, keys, AWS profile,
+                       Docker config and helpers, shed-server, audit path)
+  audit                the audit log as a timeline (audit --help)
+  version              print the version
 
 Options:
-  --config FILE   the policy file (default ${DEFAULT_POLICY_PATH})
+  --config FILE   the policy file (default ${DEFAULT_POLICY_PATH});
+                  per-shed files go in sheds.d/<shed>.yaml beside it
   -h, --help      this text
 `;
 
@@ -30,7 +47,15 @@ export async function main(argv: string[]): Promise<number> {
     parsed = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } },
+      options: {
+        config: { type: 'string', short: 'c' },
+        help: { type: 'boolean', short: 'h' },
+        key: { type: 'string' },
+        registry: { type: 'string' },
+        host: { type: 'string' },
+        'signing-namespace': { type: 'string' },
+        json: { type: 'boolean' },
+      },
     });
   } catch (err) {
     process.stderr.write(`shed-host-agent: ${(err as Error).message}\n${USAGE}`);
@@ -51,6 +76,19 @@ export async function main(argv: string[]): Promise<number> {
       return auditCommand(['--config', config, ...positionals.slice(1)]);
     case 'run':
       return runBroker(config, createLogger('shed-host-agent'));
+    case 'check':
+      return checkCommand(config, processIo);
+    case 'policy': {
+      const sub = positionals[1];
+      if (sub === 'list') return policyListCommand(config, processIo);
+      if (sub === 'show') return policyShowCommand(config, positionals[2], processIo);
+      process.stderr.write(`shed-host-agent policy: expected \`policy list\` or \`policy show SHED\`\n${USAGE}`);
+      return 2;
+    }
+    case 'explain':
+      return explainCommand(config, positionals.slice(1), values, processIo);
+    case 'doctor':
+      return doctorCommand(config, processIo);
     default:
       process.stderr.write(`shed-host-agent: unknown command ${JSON.stringify(command)}\n${USAGE}`);
       return 2;
