@@ -27,6 +27,8 @@ const NS = 'ssh-agent';
 
 const SSH_AGENT_FAILURE = 5;
 const SSH_AGENT_SUCCESS = 6;
+const SSH_AGENTC_REQUEST_IDENTITIES = 11;
+const SSH_AGENTC_SIGN_REQUEST = 13;
 const SSH_AGENTC_EXTENSION = 27;
 /** OpenSSH's limit on one agent message; a longer one closes the connection, as ssh-agent does. */
 export const MAX_MESSAGE = 256 * 1024;
@@ -54,10 +56,6 @@ export interface RunningAgent {
   /** Whether the startup ping was answered. */
   connected: boolean;
   close(): Promise<void>;
-}
-
-interface Pending {
-  resolve: (reply: Buffer) => void;
 }
 
 /** Start serving; resolves once the socket listens and the startup ping has been answered or given up on. */
@@ -136,51 +134,59 @@ type Call = (payload: Record<string, unknown>, deadlineMs?: number) => Promise<R
  * frame's length and body separately), answer them strictly in order.
  */
 function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number, log: Logger): void {
-  const proto = new ssh2.AgentProtocol(false);
-  let pending: Pending | undefined;
-  proto.on('data', (reply: Buffer) => {
-    const p = pending;
-    pending = undefined;
-    p?.resolve(reply);
-  });
-  proto.on('error', (err: Error) => {
-    log.debug(`agent protocol error: ${err.message}`);
-    socket.destroy();
-  });
+  /**
+   * REQUEST_IDENTITIES and SIGN_REQUEST go through ssh2's AgentProtocol, a
+   * fresh one per message and only once the frame is known to be exactly
+   * well formed: its parser leaves the body of a message it does not serve
+   * in its buffer, and stops reading after a sign request it cannot parse.
+   */
+  const answerStandard = (frame: Buffer): Promise<Buffer> => new Promise<Buffer>((resolve) => {
+    const proto = new ssh2.AgentProtocol(false);
+    proto.once('data', (reply: Buffer) => {
+      resolve(reply);
+      proto.destroy();
+    });
+    proto.on('error', (err: Error) => {
+      log.debug(`agent protocol error: ${err.message}`);
+      resolve(FAILURE);
+    });
 
-  proto.on('identities', (req) => {
-    call({ operation: 'list' })
-      .then((answer) => {
-        const parsed = SshListResponse.safeParse(answer);
-        if (!parsed.success) throw new Error('the host answered list with something that is not a key list');
-        const keys = parsed.data.keys.map((k) => ({ pubKey: { pubKey: Buffer.from(k.blob, 'base64'), comment: k.comment } }));
-        proto.getIdentitiesReply(req, keys as never);
-      })
-      .catch((err: Error) => {
-        logRefusal(log, 'listing keys', err);
-        proto.failureReply(req);
-      });
-  });
+    proto.on('identities', (req) => {
+      call({ operation: 'list' })
+        .then((answer) => {
+          const parsed = SshListResponse.safeParse(answer);
+          if (!parsed.success) throw new Error('the host answered list with something that is not a key list');
+          const keys = parsed.data.keys.map((k) => ({ pubKey: { pubKey: Buffer.from(k.blob, 'base64'), comment: k.comment } }));
+          proto.getIdentitiesReply(req, keys as never);
+        })
+        .catch((err: Error) => {
+          logRefusal(log, 'listing keys', err);
+          proto.failureReply(req);
+        });
+    });
 
-  proto.on('sign', (req, pubKey, data, flags) => {
-    const blob = pubKey.getPublicSSH();
-    const fp = `SHA256:${crypto.createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
-    const flagBits = flags.hash === 'sha256' ? 2 : flags.hash === 'sha512' ? 4 : 0;
-    call({ operation: 'sign', public_key: blob.toString('base64'), data: data.toString('base64'), flags: flagBits }, signDeadlineMs)
-      .then((answer) => {
-        const parsed = SshSignResponse.safeParse(answer);
-        if (!parsed.success) throw new Error('the host answered sign with something that is not a signature');
-        // ssh2 keeps the signature format it will write (rsa-sha2-512, ssh-ed25519, ...) as the request's context; its typings omit it.
-        const expected = (req as unknown as { getContext(): string }).getContext();
-        if (parsed.data.format !== expected || parsed.data.rest) {
-          throw new Error(`the host signed as ${parsed.data.format.slice(0, 64)} where ${expected} was asked`);
-        }
-        proto.signReply(req, Buffer.from(parsed.data.blob, 'base64'));
-      })
-      .catch((err: Error) => {
-        logRefusal(log, `signing with ${fp}`, err);
-        proto.failureReply(req);
-      });
+    proto.on('sign', (req, pubKey, data, flags) => {
+      const blob = pubKey.getPublicSSH();
+      const fp = `SHA256:${crypto.createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
+      const flagBits = flags.hash === 'sha256' ? 2 : flags.hash === 'sha512' ? 4 : 0;
+      call({ operation: 'sign', public_key: blob.toString('base64'), data: data.toString('base64'), flags: flagBits }, signDeadlineMs)
+        .then((answer) => {
+          const parsed = SshSignResponse.safeParse(answer);
+          if (!parsed.success) throw new Error('the host answered sign with something that is not a signature');
+          // ssh2 keeps the signature format it will write (rsa-sha2-512, ssh-ed25519, ...) as the request's context; its typings omit it.
+          const expected = (req as unknown as { getContext(): string }).getContext();
+          if (parsed.data.format !== expected || parsed.data.rest) {
+            throw new Error(`the host signed as ${parsed.data.format.slice(0, 64)} where ${expected} was asked`);
+          }
+          proto.signReply(req, Buffer.from(parsed.data.blob, 'base64'));
+        })
+        .catch((err: Error) => {
+          logRefusal(log, `signing with ${fp}`, err);
+          proto.failureReply(req);
+        });
+    });
+
+    proto.write(frame);
   });
 
   const answerExtension = async (frame: Buffer): Promise<Buffer> => {
@@ -205,12 +211,17 @@ function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number,
   };
 
   const answer = (frame: Buffer): Promise<Buffer> => {
-    if (frame.length === 4) return Promise.resolve(FAILURE);
-    if (frame[4] === SSH_AGENTC_EXTENSION) return answerExtension(frame);
-    return new Promise<Buffer>((resolve) => {
-      pending = { resolve };
-      proto.write(frame);
-    });
+    switch (frame.length > 4 ? frame[4] : -1) {
+      case SSH_AGENTC_EXTENSION:
+        return answerExtension(frame);
+      case SSH_AGENTC_REQUEST_IDENTITIES:
+        return frame.length === 5 ? answerStandard(frame) : Promise.resolve(FAILURE);
+      case SSH_AGENTC_SIGN_REQUEST:
+        return isSignRequest(frame) ? answerStandard(frame) : Promise.resolve(FAILURE);
+      default:
+        // add, remove, lock, smartcard, unknown, empty: this agent holds no keys to change.
+        return Promise.resolve(FAILURE);
+    }
   };
 
   let buf: Buffer = Buffer.alloc(0);
@@ -246,7 +257,22 @@ function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number,
     void pump();
   });
   socket.on('error', () => socket.destroy());
-  socket.on('close', () => proto.destroy());
+}
+
+/** `string key_blob, string data, uint32 flags` and nothing more, with a key ssh2 can parse. */
+function isSignRequest(frame: Buffer): boolean {
+  let p = 5;
+  const skipString = (): Buffer | undefined => {
+    if (p + 4 > frame.length) return undefined;
+    const len = frame.readUInt32BE(p);
+    if (p + 4 + len > frame.length) return undefined;
+    const s = frame.subarray(p + 4, p + 4 + len);
+    p += 4 + len;
+    return s;
+  };
+  const key = skipString();
+  if (!key || !skipString() || p + 4 !== frame.length) return false;
+  return !(ssh2.utils.parseKey(key) instanceof Error);
 }
 
 interface Extension {

@@ -10,7 +10,7 @@ import { SshCode } from '../../protocol/codes.js';
 import type { Decision } from '../handler.js';
 import type { EffectiveSsh } from '../policy/effective.js';
 import { expandHome } from '../policy/effective.js';
-import { fingerprint } from './wire.js';
+import { blobType, fingerprint } from './wire.js';
 
 export type ReadFile = (file: string) => string;
 const readUtf8: ReadFile = (file) => fs.readFileSync(file, 'utf8');
@@ -116,9 +116,12 @@ export function parseKnownHosts(text: string): KnownHostsLine[] {
       else continue;
       fields.shift();
     }
-    const [hosts, , b64] = fields;
+    const [hosts, type, b64] = fields;
     if (!hosts || !b64 || !/^[A-Za-z0-9+/]+={0,2}$/.test(b64)) continue;
-    out.push({ marker, hosts, blob: Buffer.from(b64, 'base64') });
+    const blob = Buffer.from(b64, 'base64');
+    // The blob must be a key of the type the line names, as ssh checks.
+    if (blobType(blob) !== type) continue;
+    out.push({ marker, hosts, blob });
   }
   return out;
 }
