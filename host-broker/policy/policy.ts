@@ -127,7 +127,7 @@ export function loadPolicyFile(file: string): Policy {
   if (text === undefined) throw new PolicyError(main, issues.map(formatIssue), issues);
   const source = new YamlSource(main, text);
   let doc: PolicyDocument | undefined;
-  let mainLocate = (p: KeyPath) => source.locate(p);
+  let mainLocate = (p: KeyPath, o?: { key?: boolean }) => source.locate(p, o);
   if (source.syntaxIssues.length) {
     issues.push(...source.syntaxIssues);
   } else {
@@ -140,7 +140,7 @@ export function loadPolicyFile(file: string): Policy {
         issues.push(...old.issues);
       } else {
         const translation = translateLegacy(old.data!);
-        mainLocate = (p) => source.locate(legacyPath(p));
+        mainLocate = (p, o) => source.locate(legacyPath(p), o);
         const next = validate(PolicyDocument, translation.doc, (p, o) => source.locate(legacyPath(p), o), main);
         issues.push(...next.issues);
         doc = next.data;
@@ -161,7 +161,7 @@ export function loadPolicyFile(file: string): Policy {
   for (const entry of perShed) {
     files.push(entry.source.file);
     if (Object.hasOwn(sheds, entry.name) && !sources.has(entry.name) && doc) {
-      const where = mainLocate(['sheds', entry.name]);
+      const where = mainLocate(['sheds', entry.name], { key: true });
       issues.push({
         file: entry.source.file, line: 1, col: 1, path: ['sheds', entry.name],
         message: `shed ${entry.name} is defined twice: here and in ${where.line !== undefined ? `${where.file}:${where.line}:${where.col}` : main}; keep one of the two`,

@@ -1,0 +1,288 @@
+import { expect } from 'chai';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parse } from 'yaml';
+import { loadPolicyFile, policyFromDocument, PolicyError, type Policy } from '../../host-broker/policy/policy.js';
+import { renderShed, showShed } from '../../host-broker/policy/show.js';
+import { tempDir } from '../support/procs.js';
+
+/** Write `files` (relative path → text) into a fresh dir, 0600 files and 0700 dirs; returns the main file's path. */
+function policyDir(files: Record<string, string>): string {
+  const dir = tempDir('shed-pol');
+  for (const [rel, text] of Object.entries(files)) {
+    const file = path.join(dir, rel);
+    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    fs.writeFileSync(file, text, { mode: 0o600 });
+  }
+  return path.join(dir, 'extensions.yaml');
+}
+
+function problemsOf(file: string): string[] {
+  try {
+    loadPolicyFile(file);
+  } catch (err) {
+    expect(err).to.be.instanceOf(PolicyError);
+    return (err as PolicyError).problems;
+  }
+  throw new Error('the policy loaded; expected problems');
+}
+
+const ROLE = 'arn:aws:iam::123456789012:role/dev';
+const FP = `SHA256:${'A'.repeat(43)}`;
+
+describe('policy: merge rules and "*"', () => {
+  const policy = policyFromDocument({
+    version: 1,
+    defaults: {
+      ssh: { mode: 'agent-forward', allowed_keys: [FP] },
+      aws: { source_profile: 'work', session_duration: '2h', tags: { team: 'core' } },
+      docker: { registries: ['ghcr.io', 'quay.io'] },
+    },
+    sheds: {
+      alpha: { aws: { role: ROLE, tags: { app: 'alpha' } }, docker: { registries: ['registry.example.com:5000'] } },
+      beta: { ssh: { allowed_keys: [] } },
+      '*': { docker: { enabled: false } },
+    },
+  });
+
+  it('merges maps key by key and replaces lists, then fills in the built-in defaults', () => {
+    const alpha = policy.resolve('alpha')!;
+    expect(alpha.matched).to.equal('named');
+    expect(alpha.ssh.mode).to.equal('agent-forward');
+    expect(alpha.ssh.allowed_keys).to.deep.equal([FP]);
+    expect(alpha.aws).to.include({ role: ROLE, source_profile: 'work', session_duration: 7_200_000, refresh_before: 300_000 });
+    expect(alpha.aws.tags).to.deep.equal({ shed: 'alpha', team: 'core', app: 'alpha' });
+    expect(alpha.docker.registries).to.deep.equal(['registry.example.com:5000']);
+    expect(alpha.approval.gate).to.equal('none');
+    // An empty list replaces the default list too.
+    expect(policy.resolve('beta')!.ssh.allowed_keys).to.deep.equal([]);
+  });
+
+  it('gives an unnamed shed the "*" entry, and refuses it when there is none', () => {
+    const other = policy.resolve('someone-else')!;
+    expect(other.matched).to.equal('wildcard');
+    expect(other.docker.enabled).to.equal(false);
+    expect(other.ssh.allowed_keys).to.deep.equal([FP]);
+    expect(policy.namedSheds()).to.deep.equal(['alpha', 'beta']);
+    const closed = policyFromDocument({ version: 1, sheds: { alpha: {} } });
+    expect(closed.resolve('someone-else')).to.equal(undefined);
+    expect(closed.hasWildcard()).to.equal(false);
+  });
+
+  it('shows where each value came from: built-in, defaults, the shed entry or "*", with file:line', () => {
+    const file = policyDir({
+      'extensions.yaml': [
+        'version: 1', // 1
+        'defaults:', // 2
+        '  docker:', // 3
+        '    registries: [ghcr.io]', // 4
+        '  aws:', // 5
+        '    session_duration: 2h', // 6
+        'sheds:', // 7
+        '  alpha:', // 8
+        '    aws:', // 9
+        `      role: ${ROLE}`, // 10
+        '  "*":', // 11
+        '    ssh: { enabled: false }', // 12
+        '',
+      ].join('\n'),
+    });
+    const policy = loadPolicyFile(file);
+    const alpha = showShed(policy, 'alpha')!;
+    expect(alpha.origins.get('aws.role')).to.equal('sheds.alpha (extensions.yaml:10)');
+    expect(alpha.origins.get('aws.session_duration')).to.equal('defaults (extensions.yaml:6)');
+    expect(alpha.origins.get('docker.registries')).to.equal('defaults (extensions.yaml:4)');
+    expect(alpha.origins.get('aws.refresh_before')).to.equal('built-in');
+    const other = showShed(policy, 'stranger')!;
+    expect(other.origins.get('ssh.enabled')).to.equal('sheds."*" (extensions.yaml:12)');
+    const text = renderShed(policy, 'alpha')!;
+    expect(text).to.match(/session_duration: 2h +# defaults \(extensions\.yaml:6\)/);
+    expect(text).to.match(/role: arn:aws:iam::123456789012:role\/dev +# sheds\.alpha \(extensions\.yaml:10\)/);
+    // The text is YAML whose values are the effective ones.
+    const back = parse(text) as Record<string, Record<string, unknown>>;
+    expect(back.aws!.role).to.equal(ROLE);
+    expect(back.docker!.registries).to.deep.equal(['ghcr.io']);
+    expect(renderShed(loadPolicyFile(policyDir({ 'extensions.yaml': 'version: 1\nsheds: { alpha: {} }\n' })), 'stranger')).to.equal(undefined);
+  });
+});
+
+describe('policy: errors name file:line:col and the key path', () => {
+  const cases: Array<[string, string, RegExp]> = [
+    ['unknown key', 'version: 1\ndefaults:\n  docker:\n    registires: [ghcr.io]\n', /:4:5: defaults\.docker\.registires: unknown key "registires" \(did you mean "registries"\?\)/],
+    ['top-level section of the original format in a version 1 file', 'version: 1\nssh: {}\n', /:2:1: ssh: unknown key "ssh" at the top level: in version 1, ssh settings go under `defaults:`/],
+    ['wrong type', 'version: 1\nsheds:\n  alpha:\n    ssh:\n      enabled: "yes"\n', /:5:16: sheds\.alpha\.ssh\.enabled: expected true or false; got the string "yes"/],
+    ['bad duration', 'version: 1\ndefaults:\n  aws:\n    session_duration: 1 hour\n', /:4:23: defaults\.aws\.session_duration: expected a duration such as 90s, 5m or 1h.*got the string "1 hour"/],
+    ['number as duration', 'version: 1\ndefaults:\n  approval: { ttl: 90 }\n', /:3:20: defaults\.approval\.ttl: expected a duration.*got the number 90/],
+    ['bad ARN', 'version: 1\nsheds:\n  alpha:\n    aws: { role: "arn:aws:iam::12:role/x" }\n', /:4:18: sheds\.alpha\.aws\.role: expected an IAM role ARN/],
+    ['bad fingerprint', 'version: 1\ndefaults:\n  ssh:\n    allowed_keys:\n      - SHA256:short\n', /:5:9: defaults\.ssh\.allowed_keys\[0\]: expected a SHA256 key fingerprint/],
+    ['bad registry pattern', 'version: 1\ndefaults:\n  docker:\n    registries: [ghcr.io, "https://quay.io/v2"]\n', /:4:27: defaults\.docker\.registries\[1\]: expected a registry host/],
+    ['bad enum', 'version: 1\ndefaults:\n  ssh: { mode: sometimes }\n', /:3:16: defaults\.ssh\.mode: expected one of auto, agent-forward, local-keys; got the string "sometimes"/],
+    ['bad shed name', 'version: 1\nsheds:\n  My_Shed: {}\n', /:3:3: sheds\.My_Shed: "My_Shed" is not a shed name/],
+    ['allowed_hosts entry of neither form', 'version: 1\ndefaults:\n  ssh:\n    allowed_hosts:\n      - host: example.com\n', /:5:9: defaults\.ssh\.allowed_hosts\[0\]\.key: expected a string; it is missing/],
+    ['missing version', 'sheds: {}\n', /:1:1: version: expected `version: 1`; it is missing/],
+    ['YAML syntax', 'version: 1\nsheds: [alpha\n', /:3:1: YAML: /],
+    ['duplicate key', 'version: 1\nsheds:\n  alpha: {}\n  alpha: {}\n', /:4:3: YAML: Map keys must be unique/],
+  ];
+  for (const [name, text, expected] of cases) {
+    it(name, () => {
+      const file = policyDir({ 'extensions.yaml': text });
+      const problems = problemsOf(file);
+      expect(problems.join('\n')).to.match(new RegExp(`^${escape(file)}${expected.source}`, 'm'));
+    });
+  }
+
+  it('reports every problem at once, in file order', () => {
+    const file = policyDir({
+      'extensions.yaml': 'version: 1\nbogus: 1\ndefaults:\n  aws: { session_duration: x }\nsheds:\n  Bad: {}\n',
+      'sheds.d/beta.yaml': 'docker:\n  registries: [UPPER.io]\n',
+    });
+    const problems = problemsOf(file);
+    expect(problems).to.have.length(4);
+    expect(problems[0]).to.match(/:2:1: bogus:/);
+    expect(problems[1]).to.match(/:4:28: defaults\.aws\.session_duration:/);
+    expect(problems[2]).to.match(/:6:3: sheds\.Bad:/);
+    expect(problems[3]).to.match(/sheds\.d\/beta\.yaml:2:16: sheds\.beta\.docker\.registries\[0\]:/);
+  });
+
+  it('refuses an empty file and a missing one, saying what to do', () => {
+    expect(problemsOf(policyDir({ 'extensions.yaml': '# nothing\n' }))[0]).to.match(/empty: it needs at least `version: 1`/);
+    expect(problemsOf(path.join(tempDir('shed-pol'), 'none.yaml'))[0]).to.match(/cannot read the policy file \(ENOENT\): create it/);
+  });
+});
+
+describe('policy: the sheds.d directory', () => {
+  it('adds one shed per file, merged over defaults like an entry in the main file', () => {
+    const file = policyDir({
+      'extensions.yaml': 'version: 1\ndefaults:\n  docker: { registries: [ghcr.io] }\nsheds:\n  alpha: {}\n',
+      'sheds.d/beta.yaml': `aws:\n  role: ${ROLE}\n`,
+      'sheds.d/gamma.yml': '', // an empty file: the shed with the defaults
+      'sheds.d/.beta.yaml.swp': 'not: [yaml',
+      'sheds.d/beta.yaml~': 'junk: [',
+      'sheds.d/README': 'not policy',
+    });
+    const policy = loadPolicyFile(file);
+    expect(policy.namedSheds()).to.deep.equal(['alpha', 'beta', 'gamma']);
+    expect(policy.resolve('beta')!.aws.role).to.equal(ROLE);
+    expect(policy.resolve('beta')!.docker.registries).to.deep.equal(['ghcr.io']);
+    expect(policy.resolve('gamma')!.matched).to.equal('named');
+    expect(policy.files.map((f) => path.basename(f))).to.deep.equal(['extensions.yaml', 'beta.yaml', 'gamma.yml']);
+    expect(policy.locate(['sheds', 'beta', 'aws', 'role'])).to.deep.include({ file: path.join(path.dirname(file), 'sheds.d', 'beta.yaml'), line: 2, col: 9 });
+  });
+
+  it('refuses a shed named in two places, pointing at both', () => {
+    const file = policyDir({
+      'extensions.yaml': 'version: 1\nsheds:\n  alpha: {}\n  beta: {}\n',
+      'sheds.d/beta.yaml': 'ssh: { enabled: false }\n',
+      'sheds.d/gamma.yaml': '{}\n',
+      'sheds.d/gamma.yml': '{}\n',
+    });
+    const problems = problemsOf(file).join('\n');
+    expect(problems).to.include(`sheds.d/beta.yaml:1:1: sheds.beta: shed beta is defined twice: here and in ${file}:4:3; keep one of the two`);
+    expect(problems).to.match(/sheds\.d\/gamma\.yml:1:1: sheds\.gamma: shed gamma is defined twice: here and in .*sheds\.d\/gamma\.yaml/);
+  });
+
+  it('refuses a file whose name is not a shed name, and unknown keys in a shed file', () => {
+    const file = policyDir({
+      'extensions.yaml': 'version: 1\n',
+      'sheds.d/Not_A_Shed.yaml': '{}\n',
+      'sheds.d/delta.yaml': 'version: 1\nssh: {}\n',
+    });
+    const problems = problemsOf(file).join('\n');
+    expect(problems).to.match(/sheds\.d\/Not_A_Shed\.yaml: "Not_A_Shed" is not a shed name/);
+    expect(problems).to.match(/sheds\.d\/delta\.yaml:1:1: sheds\.delta\.version: unknown key "version"; allowed here: ssh, aws, docker, approval, limits/);
+  });
+});
+
+describe('policy: file permissions', () => {
+  it('refuses a policy file writable by group or others with the chmod to run', () => {
+    const file = policyDir({ 'extensions.yaml': 'version: 1\n' });
+    fs.chmodSync(file, 0o664);
+    expect(problemsOf(file)).to.deep.equal([
+      `${file}: the policy file is writable by group (mode 0664), so another user could grant sheds your credentials; it is refused until you run: chmod go-w ${file}`,
+    ]);
+    fs.chmodSync(file, 0o646);
+    expect(problemsOf(file)[0]).to.include('writable by others (mode 0646)');
+    fs.chmodSync(file, 0o644);
+    expect(() => loadPolicyFile(file)).not.to.throw();
+  });
+
+  it('refuses a loose sheds.d directory or file in it', () => {
+    const file = policyDir({ 'extensions.yaml': 'version: 1\n', 'sheds.d/alpha.yaml': '{}\n' });
+    const dir = path.join(path.dirname(file), 'sheds.d');
+    fs.chmodSync(dir, 0o777);
+    expect(problemsOf(file).join('\n')).to.include(`${dir}: the policy directory is writable by group and others (mode 0777), so another user could grant sheds your credentials; it is refused until you run: chmod go-w ${dir}`);
+    fs.chmodSync(dir, 0o700);
+    fs.chmodSync(path.join(dir, 'alpha.yaml'), 0o660);
+    expect(problemsOf(file).join('\n')).to.include(`chmod go-w ${path.join(dir, 'alpha.yaml')}`);
+  });
+});
+
+describe('policy: the original shed-extensions format', () => {
+  const original = [
+    'server: http://localhost:9090', // 1
+    'ssh:', // 2
+    '  mode: agent-forward', // 3
+    '  approval:', // 4
+    '    enabled: true', // 5
+    '    policy: per-shed', // 6
+    '    session_ttl: 2h', // 7
+    'aws:', // 8
+    '  source_profile: work', // 9
+    `  default_role: ${ROLE}`, // 10
+    '  session_duration: 30m', // 11
+    '  cache_refresh_before: 2m', // 12
+    '  sheds:', // 13
+    '    ci:', // 14
+    '      role: arn:aws:iam::123456789012:role/ci', // 15
+    'docker:', // 16
+    '  registries: [ghcr.io]', // 17
+    '  allow_all: false', // 18
+    'logging:', // 19
+    '  enabled: true', // 20
+    '  path: /tmp/audit.log', // 21
+    '',
+  ].join('\n');
+
+  it('loads unchanged, admits every shed through "*", and says the equivalent new form in one line', () => {
+    const file = policyDir({ 'extensions.yaml': original });
+    const policy = loadPolicyFile(file);
+    expect(policy.notices).to.have.length(1);
+    const notice = policy.notices[0]!;
+    expect(notice).not.to.include('\n');
+    expect(notice).to.match(new RegExp(`^notice: ${escape(file)} is in the original shed-extensions format`));
+    // The notice's form, loaded as a version 1 policy, is the same policy.
+    const equivalent = policyFromDocument(parse(notice.slice(notice.indexOf(': {') + 2)));
+    for (const shed of ['ci', 'anyone']) expect(policy.resolve(shed)).to.deep.equal(equivalent.resolve(shed));
+    const ci = policy.resolve('ci')!;
+    expect(ci.aws).to.include({ role: 'arn:aws:iam::123456789012:role/ci', source_profile: 'work', session_duration: 1_800_000, refresh_before: 120_000 });
+    expect(ci.ssh.mode).to.equal('agent-forward');
+    expect(ci.approval).to.include({ gate: 'touchid', policy: 'per-shed', ttl: 7_200_000 });
+    expect(policy.resolve('anyone')!.aws.role).to.equal(ROLE);
+    expect(policy.resolve('anyone')!.docker.registries).to.deep.equal(['ghcr.io']);
+    expect(policy.server?.url).to.equal('http://localhost:9090');
+    expect(policy.direct.enabled).to.equal(false);
+    expect(policy.audit.path).to.equal('/tmp/audit.log');
+    expect(policy.locate(['sheds', '*', 'aws', 'role'])).to.deep.include({ line: 10, col: 17 });
+  });
+
+  it('an empty default_role admits every shed without a role', () => {
+    const policy = loadPolicyFile(policyDir({ 'extensions.yaml': 'server: http://localhost:8080\nssh: {}\naws:\n  default_role: ""\n' }));
+    expect(policy.resolve('anyone')!.aws.role).to.equal(undefined);
+    expect(policy.hasWildcard()).to.equal(true);
+  });
+
+  it('checks its values with the same rules, at their line:col in the original file', () => {
+    const file = policyDir({ 'extensions.yaml': 'ssh:\n  mode: fast\naws:\n  default_role: not-an-arn\n  sheds:\n    ci: { rol: x }\nlogging: { enabled: yes }\n' });
+    const problems = problemsOf(file).join('\n');
+    expect(problems).to.match(/:2:9: ssh\.mode: expected one of , agent-forward, local-keys; got the string "fast"/);
+    expect(problems).to.match(/:4:17: aws\.default_role: expected an IAM role ARN/);
+    expect(problems).to.match(/:6:11: aws\.sheds\.ci\.rol: unknown key "rol" \(did you mean "role"\?\)/);
+    expect(problems).to.match(/:7:21: logging\.enabled: expected true or false; got the string "yes"/);
+  });
+});
+
+function escape(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+export type { Policy };
