@@ -1,0 +1,162 @@
+/**
+ * bench/ssh-sign: N SSH_AGENTC_SIGN_REQUESTs through the whole path (guest
+ * socket → shed-ext-ssh-agent → bus over a direct broker socket →
+ * shed-host-agent with policy and its JSON-lines audit file → the host's
+ * real OpenSSH ssh-agent), against the same N signs sent straight to that
+ * ssh-agent, in one run, interleaved in batches so both see the same machine.
+ *
+ *   node --import tsx bench/ssh-sign.ts [N]
+ *
+ * Every program is its own process, as in use: ssh-agent, shed-host-agent
+ * run, shed-ext-ssh-agent (both from source through tsx), and this client,
+ * which keeps one connection open to each agent socket, as ssh does during a
+ * login. Target: at most 1 ms added at p50 over the direct agent.
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BusClient } from '../guest-services/bus-client.js';
+import { AgentClient } from '../host-broker/ssh/agent-client.js';
+import { keyLineBlob } from '../host-broker/ssh/rules.js';
+import { binCommand, capture, spawnTracked, stopAll, tempDir, waitFor } from '../tests/support/procs.js';
+import { makeKey, startRealAgent } from '../tests/support/sshd.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const N = Number(process.argv[2] ?? 2000);
+const WARMUP = 100;
+const BATCH = 50;
+
+interface Figures { p50: number; p99: number; mean: number }
+
+function figures(samples: number[]): Figures {
+  const s = [...samples].sort((a, b) => a - b);
+  const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
+  return { p50: at(0.5), p99: at(0.99), mean: s.reduce((a, b) => a + b, 0) / s.length };
+}
+
+/** The programs' own logs, shown when the run fails. */
+let logs = (): string => '';
+
+async function main(): Promise<void> {
+  const dir = tempDir('shed-bench');
+  const key = await makeKey(dir, 'id_ed25519', 'ed25519');
+  const hostAgent = await startRealAgent(path.join(dir, 'host-agent.sock'), [key]);
+
+  const socks = path.join(dir, 'socks');
+  const config = path.join(dir, 'extensions.yaml');
+  fs.writeFileSync(config, JSON.stringify({
+    version: 1,
+    direct: { sockets_dir: socks },
+    audit: { path: path.join(dir, 'audit.log') },
+    // The rate limit is raised out of the way: it guards against runaway guests, not what this measures.
+    sheds: { bench: { ssh: { mode: 'agent-forward', agent_socket: hostAgent.sock }, limits: { ssh: { per_minute: 10_000_000, burst: 1_000_000 } } } },
+  }), { mode: 0o600 });
+  const [bcmd, bargs] = binCommand('shed-host-agent', ['run', '--config', config]);
+  const broker = spawnTracked(bcmd, bargs, { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
+  const brokerOut = capture(broker);
+  await waitFor(() => fs.existsSync(path.join(socks, 'bench.sock')) || broker.exitCode !== null, 20_000, 'shed-host-agent');
+  if (broker.exitCode !== null) throw new Error(`shed-host-agent exited: ${brokerOut.stderr()}`);
+
+  const guestSock = path.join(dir, 'guest', 'agent.sock');
+  const [gcmd, gargs] = binCommand('shed-ext-ssh-agent', ['--sock', guestSock, '--publish-url', `unix:${path.join(socks, 'bench.sock')}`]);
+  const guest = spawnTracked(gcmd, gargs, { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
+  const guestOut = capture(guest);
+  await waitFor(() => fs.existsSync(path.join(dir, 'guest', 'ssh-agent.status')) || guest.exitCode !== null, 20_000, 'shed-ext-ssh-agent');
+  if (guest.exitCode !== null) throw new Error(`shed-ext-ssh-agent exited: ${guestOut.stderr()}`);
+
+  logs = () => `shed-host-agent:\n${brokerOut.stderr()}shed-ext-ssh-agent:\n${guestOut.stderr()}`;
+  const blob = keyLineBlob(key.pubLine)!;
+  const viaShed = new AgentClient(guestSock);
+  const direct = new AgentClient(hostAgent.sock);
+  const data = crypto.randomBytes(128);
+  // Where the time goes: the same sign published on the bus by this process (no guest agent), and a bare ping (no handler, no audit).
+  const bus = new BusClient({ publishUrl: `unix:${path.join(socks, 'bench.sock')}` });
+  const signPayload = { operation: 'sign', public_key: blob.toString('base64'), data: data.toString('base64'), flags: 0 };
+  const timed = async (f: () => Promise<unknown>): Promise<number> => {
+    const t0 = process.hrtime.bigint();
+    await f();
+    return Number(process.hrtime.bigint() - t0) / 1e6;
+  };
+
+  const once = async (client: AgentClient): Promise<number> => {
+    const t0 = process.hrtime.bigint();
+    const sig = await client.sign(blob, data, 0);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    if (sig.format !== 'ssh-ed25519' || sig.blob.length !== 64) throw new Error('unexpected signature');
+    return ms;
+  };
+
+  const busSign = () => timed(() => bus.publish('ssh-agent', signPayload));
+  const busPing = () => timed(() => bus.ping('ssh-agent'));
+  for (let i = 0; i < WARMUP; i++) {
+    await once(viaShed);
+    await once(direct);
+    await busSign();
+    await busPing();
+  }
+  const shedSamples: number[] = [];
+  const directSamples: number[] = [];
+  const busSignSamples: number[] = [];
+  const pingSamples: number[] = [];
+  for (let done = 0; done < N; done += BATCH) {
+    const n = Math.min(BATCH, N - done);
+    for (let i = 0; i < n; i++) shedSamples.push(await once(viaShed));
+    for (let i = 0; i < n; i++) directSamples.push(await once(direct));
+    for (let i = 0; i < n / 5; i++) busSignSamples.push(await busSign());
+    for (let i = 0; i < n / 5; i++) pingSamples.push(await busPing());
+  }
+  viaShed.close();
+  direct.close();
+  bus.close();
+
+  // The whole path really ran: one audit line per sign, with the fingerprint.
+  const audited = fs.readFileSync(path.join(dir, 'audit.log'), 'utf8').split('\n').filter((l) => l.includes('"op":"sign"') && l.includes(key.fingerprint));
+  if (audited.length < N + busSignSamples.length) throw new Error(`expected ${N} audited signs, found ${audited.length}`);
+
+  const s = figures(shedSamples);
+  const d = figures(directSamples);
+  const b = figures(busSignSamples);
+  const p = figures(pingSamples);
+  const added = s.p50 - d.p50;
+  const f = (ms: number) => `${ms.toFixed(3)} ms`;
+  const machine = `${os.type()} ${os.release()} ${os.arch()}, ${os.cpus().length} CPUs, node ${process.version}`;
+  const load = os.loadavg()[0]!.toFixed(2);
+  const verdict = added <= 1 ? 'meets the target (at most 1 ms added at p50)' : 'misses the target (at most 1 ms added at p50)';
+  const section = [
+    '## ssh-sign',
+    '',
+    `\`node --import tsx bench/ssh-sign.ts ${N}\` — ${new Date().toISOString().slice(0, 10)}, ${machine}, load average ${load} at the end.`,
+    `${N} ed25519 SSH_AGENTC_SIGN_REQUESTs, one at a time on one open connection, through the whole path (client → shed-ext-ssh-agent socket → bus on a direct broker socket → shed-host-agent with policy and its audit file → the real OpenSSH ssh-agent), against the same ${N} sent straight to that ssh-agent, interleaved in batches of ${BATCH} after ${WARMUP} warm-up signs each. Each program is its own process.`,
+    '',
+    '| | p50 | p99 | mean |',
+    '|---|---|---|---|',
+    `| through shed-ext-ssh-agent and the broker | ${f(s.p50)} | ${f(s.p99)} | ${f(s.mean)} |`,
+    `| straight to ssh-agent (baseline) | ${f(d.p50)} | ${f(d.p99)} | ${f(d.mean)} |`,
+    `| ratio | ${(s.p50 / d.p50).toFixed(2)}× | ${(s.p99 / d.p99).toFixed(2)}× | ${(s.mean / d.mean).toFixed(2)}× |`,
+    '',
+    `Added at p50: ${f(added)}: ${verdict}.`,
+    '',
+    `Where it goes (${busSignSamples.length} of each, same batches), published on the broker socket by the bench itself:`,
+    '',
+    '| | p50 | p99 | mean |',
+    '|---|---|---|---|',
+    `| sign on the bus, no guest agent (dispatcher, policy, limits, audit line with its datasync, handler, ssh-agent) | ${f(b.p50)} | ${f(b.p99)} | ${f(b.mean)} |`,
+    `| ping on the bus (HTTP over the unix socket and the dispatcher only) | ${f(p.p50)} | ${f(p.p99)} | ${f(p.mean)} |`,
+  ].join('\n');
+  process.stdout.write(`${section}\n`);
+
+  const file = path.join(HERE, 'RESULTS.md');
+  const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '# Benchmark results\n';
+  const block = `<!-- bench:ssh-sign -->\n${section}\n<!-- /bench:ssh-sign -->`;
+  const re = /<!-- bench:ssh-sign -->[\s\S]*?<!-- \/bench:ssh-sign -->/;
+  fs.writeFileSync(file, re.test(text) ? text.replace(re, block) : `${text.trimEnd()}\n\n${block}\n`);
+}
+
+main()
+  .catch((err: Error) => {
+    process.stderr.write(`bench/ssh-sign: ${err.message}\n${logs()}`);
+    process.exitCode = 1;
+  })
+  .finally(() => stopAll());
