@@ -1,0 +1,255 @@
+/**
+ * The admin's CLI: every file in config-examples/ passes `check`; check's
+ * exit codes and output; `policy list` and `policy show`; `doctor`'s probes
+ * against real peers (ssh-agent, an AWS profile, a Docker config, a helper
+ * on PATH, an HTTP server standing in for shed-server's API).
+ */
+import { expect } from 'chai';
+import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { checkCommand, policyListCommand, policyShowCommand } from '../../host-broker/cli/policy-commands.js';
+import { probeAwsProfile, probeDockerConfig, probeDockerHelper, probeLocalKeys, probeShedServer, probeSshAgent, probeWritable, runChecks } from '../../host-broker/cli/doctor.js';
+import { startAwsHost } from '../support/aws-fixtures.js';
+import { binCommand, REPO_ROOT, run, spawnTracked, stopProcess, tempDir, waitFor } from '../support/procs.js';
+
+function capture() {
+  let out = '';
+  let err = '';
+  return { io: { out: (t: string) => void (out += t), err: (t: string) => void (err += t) }, out: () => out, err: () => err };
+}
+
+/** Every policy file under config-examples/ (sheds.d files belong to the file beside them). */
+function examples(dir = path.join(REPO_ROOT, 'config-examples')): string[] {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    if (e.isDirectory()) return e.name === 'sheds.d' ? [] : examples(path.join(dir, e.name));
+    return /\.ya?ml$/.test(e.name) ? [path.join(dir, e.name)] : [];
+  });
+}
+
+/** A copy of an example with its sheds.d, mode 0600/0700 (a checkout's modes follow the umask). */
+function copyExample(file: string): string {
+  const dir = tempDir('shed-cx');
+  const target = path.join(dir, path.basename(file));
+  fs.copyFileSync(file, target);
+  fs.chmodSync(target, 0o600);
+  const shedsD = path.join(path.dirname(file), 'sheds.d');
+  if (fs.existsSync(shedsD)) {
+    fs.mkdirSync(path.join(dir, 'sheds.d'), { mode: 0o700 });
+    for (const f of fs.readdirSync(shedsD)) {
+      fs.copyFileSync(path.join(shedsD, f), path.join(dir, 'sheds.d', f));
+      fs.chmodSync(path.join(dir, 'sheds.d', f), 0o600);
+    }
+  }
+  return target;
+}
+
+describe('shed-host-agent check', () => {
+  const files = examples();
+
+  it('finds the examples: the main file, the original format and the directory form', () => {
+    const names = files.map((f) => path.relative(path.join(REPO_ROOT, 'config-examples'), f));
+    expect(names).to.include.members(['extensions.yaml', 'extensions-original-format.yaml', 'directory-form/extensions.yaml']);
+  });
+
+  for (const file of examples()) {
+    it(`passes ${path.relative(REPO_ROOT, file)}`, async () => {
+      const c = capture();
+      const code = await checkCommand(copyExample(file), c.io);
+      expect(code, c.err()).to.equal(0);
+      expect(c.out()).to.match(/: ok, \d+ named shed/);
+    });
+  }
+
+  it('keeps the README\'s sheds in extensions.yaml', async () => {
+    const c = capture();
+    expect(await checkCommand(copyExample(path.join(REPO_ROOT, 'config-examples', 'extensions.yaml')), c.io)).to.equal(0);
+    expect(c.out()).to.match(/^my-service: aws arn:aws:iam::123456789012:role\/dev; ssh auto, every key; docker ghcr\.io; approval none; socket .*my-service\.sock$/m);
+    expect(c.out()).to.match(/^integration-tests: aws arn:aws:iam::123456789012:role\/staging-readonly; ssh disabled;/m);
+  });
+
+  it('the original format prints its notice and the sheds it admits, "*" included', async () => {
+    const c = capture();
+    expect(await checkCommand(copyExample(path.join(REPO_ROOT, 'config-examples', 'extensions-original-format.yaml')), c.io)).to.equal(0);
+    expect(c.err()).to.match(/^notice: .* is in the original shed-extensions format; .*: \{ version: 1, server: \{ url: http:\/\/localhost:8080 \}/);
+    expect(c.out()).to.match(/^"\*": aws arn:aws:iam::123456789012:role\/dev;/m);
+  });
+
+  it('exits 1 with every problem at file:line:col, and 1 for an approval gate that cannot run here', async () => {
+    const dir = tempDir('shed-cx');
+    const file = path.join(dir, 'extensions.yaml');
+    fs.writeFileSync(file, 'version: 1\nsheds:\n  alpha:\n    aws: { role: nope }\n    docker: { registries: [ok.io, "BAD"] }\n', { mode: 0o600 });
+    const [cmd, args] = binCommand('shed-host-agent', ['check', '--config', file]);
+    const res = await run(cmd, args);
+    expect(res.code).to.equal(1);
+    expect(res.stdout).to.equal('');
+    expect(res.stderr).to.include(`${file}:4:18: sheds.alpha.aws.role: expected an IAM role ARN`);
+    expect(res.stderr).to.include(`${file}:5:35: sheds.alpha.docker.registries[1]: expected a registry host`);
+    expect(res.stderr).to.include('2 problems: the policy was not loaded');
+    fs.writeFileSync(file, 'version: 1\nsheds:\n  alpha:\n    approval: { gate: command, command: [/nonexistent/approve] }\n', { mode: 0o600 });
+    const c = capture();
+    expect(await checkCommand(file, c.io)).to.equal(1);
+    expect(c.err()).to.match(/shed alpha: approval\.command "\/nonexistent\/approve"/);
+  });
+});
+
+describe('shed-host-agent policy list and show', () => {
+  let file: string;
+  before(() => {
+    file = copyExample(path.join(REPO_ROOT, 'config-examples', 'directory-form', 'extensions.yaml'));
+  });
+
+  it('lists each shed with role, ssh, registries, approval and socket', () => {
+    const c = capture();
+    expect(policyListCommand(file, c.io)).to.equal(0);
+    const lines = c.out().trim().split('\n');
+    expect(lines[0]).to.match(/^SHED +ROLE +SSH +REGISTRIES +APPROVAL +SOCKET$/);
+    expect(lines[1]).to.match(/^payments +arn:aws:iam::123456789012:role\/payments-dev +agent-forward, 1 key, 1 allowed host +disabled +command per-request \(ssh, aws\) +\/.*\/payments\.sock$/);
+    expect(lines[2]).to.match(/^web-frontend +arn:aws:iam::123456789012:role\/web-dev +agent-forward, every key +ghcr\.io,\*\.dkr\.ecr\.us-east-1\.amazonaws\.com +none +\/.*\/web-frontend\.sock$/);
+    expect(lines[3]).to.match(/^"\*" +disabled +agent-forward, every key +disabled +none +shed-server only$/);
+  });
+
+  it('shows the merged policy with each value\'s origin, from sheds.d too', () => {
+    const c = capture();
+    expect(policyShowCommand(file, 'web-frontend', c.io)).to.equal(0);
+    expect(c.out()).to.match(/^# shed web-frontend: its own entry, sheds\.web-frontend merged over defaults$/m);
+    expect(c.out()).to.match(/^ {2}role: arn:aws:iam::123456789012:role\/web-dev +# sheds\.web-frontend \(sheds\.d\/web-frontend\.yaml:4\)$/m);
+    expect(c.out()).to.match(/^ {2}mode: agent-forward +# defaults \(extensions\.yaml:24\)$/m);
+    expect(c.out()).to.match(/^ {2}refresh_before: 5m +# built-in$/m);
+    const star = capture();
+    expect(policyShowCommand(file, 'newcomer', star.io)).to.equal(0);
+    expect(star.out()).to.match(/no entry of its own: the "\*" entry/);
+    expect(star.out()).to.match(/^ {2}enabled: false +# sheds\."\*" \(extensions\.yaml:35\)$/m);
+  });
+
+  it('says a shed is refused when nothing admits it, and refuses a bad name', () => {
+    const c = capture();
+    const closed = copyExample(path.join(REPO_ROOT, 'config-examples', 'extensions.yaml'));
+    expect(policyShowCommand(closed, 'stranger', c.io)).to.equal(1);
+    expect(c.err()).to.match(/shed stranger is not admitted .* SHED_NOT_ALLOWED; add it under sheds: \(or a sheds\.d\/stranger\.yaml\)/);
+    expect(policyShowCommand(closed, 'Bad_Name', capture().io)).to.equal(2);
+  });
+});
+
+describe('shed-host-agent doctor', () => {
+  it('ssh agent: reachable with its keys, or the fix when not', async () => {
+    const dir = tempDir('shed-dr');
+    const sock = path.join(dir, 'agent.sock');
+    const agent = spawnTracked('ssh-agent', ['-D', '-a', sock]);
+    try {
+      await waitFor(() => fs.existsSync(sock), 5000, 'ssh-agent');
+      expect((await probeSshAgent(sock)).check).to.deep.include({ status: 'warn', fix: 'ssh-add your key (ssh-add ~/.ssh/id_ed25519)' });
+      await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', path.join(dir, 'k')]);
+      await run('ssh-add', [path.join(dir, 'k')], { env: { ...process.env, SSH_AUTH_SOCK: sock } });
+      const fp = (await run('ssh-keygen', ['-lf', path.join(dir, 'k.pub')])).stdout.split(' ')[1]!;
+      const good = await probeSshAgent(sock);
+      expect(good.check.status).to.equal('ok');
+      expect(good.fingerprints).to.deep.equal([fp]);
+    } finally {
+      await stopProcess(agent);
+    }
+    const gone = (await probeSshAgent(sock)).check;
+    expect(gone.status).to.equal('fail');
+    expect(gone.fix).to.match(/start the agent/);
+    expect((await probeSshAgent(undefined)).check.detail).to.match(/SSH_AUTH_SOCK is unset/);
+  });
+
+  it('local keys: usable, loose (skipped with the chmod) or missing', async () => {
+    const home = tempDir('shed-dr');
+    fs.mkdirSync(path.join(home, '.ssh'), { mode: 0o700 });
+    expect(probeLocalKeys(home, []).check.status).to.equal('fail');
+    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', path.join(home, '.ssh', 'id_ed25519')]);
+    expect(probeLocalKeys(home, []).check.status).to.equal('ok');
+    fs.chmodSync(path.join(home, '.ssh', 'id_ed25519'), 0o644);
+    const loose = probeLocalKeys(home, []).check;
+    expect(loose.status).to.equal('fail');
+    expect(loose.detail).to.match(/chmod 600/);
+  });
+
+  it('AWS profile resolves through the SDK, or names the profile and the fix', async () => {
+    const aws = await startAwsHost();
+    try {
+      const good = await probeAwsProfile('default', { configFile: aws.configFile, credentialsFile: aws.credentialsFile });
+      expect(good.status, good.detail).to.equal('ok');
+      expect(good.detail).not.to.include('AKIA');
+      const bad = await probeAwsProfile('nope', { configFile: aws.configFile, credentialsFile: aws.credentialsFile });
+      expect(bad.status).to.equal('fail');
+      expect(bad.fix).to.include('aws configure --profile nope');
+    } finally {
+      await aws.stop();
+    }
+  });
+
+  it('Docker config and each helper on PATH', () => {
+    const dir = tempDir('shed-dr');
+    const file = path.join(dir, 'config.json');
+    expect(probeDockerConfig(file).check.status).to.equal('warn');
+    fs.writeFileSync(file, JSON.stringify({ credsStore: 'pass', credHelpers: { 'gcr.io': 'gcloud-missing' } }), { mode: 0o600 });
+    const { check, helpers } = probeDockerConfig(file);
+    expect(check.status).to.equal('ok');
+    expect(helpers).to.deep.equal(['pass', 'gcloud-missing']);
+    expect(probeDockerHelper('pass', '/usr/bin:/bin').status).to.equal('ok');
+    const missing = probeDockerHelper('gcloud-missing', '/usr/bin:/bin');
+    expect(missing.status).to.equal('fail');
+    expect(missing.fix).to.match(/install docker-credential-gcloud-missing/);
+    fs.writeFileSync(file, '{ not json', { mode: 0o600 });
+    expect(probeDockerConfig(file).check.status).to.equal('fail');
+  });
+
+  it('shed-server reachable with the configured token; refused or down says what to fix', async () => {
+    const dir = tempDir('shed-dr');
+    const tokenFile = path.join(dir, 'token');
+    fs.writeFileSync(tokenFile, 'right-token', { mode: 0o600 });
+    const server = http.createServer((req, res) => {
+      const ok = req.url === '/api/plugins/listeners' && req.headers.authorization === 'Bearer right-token';
+      res.writeHead(ok ? 200 : 401, { 'content-type': 'application/json' }).end(ok ? '[]' : '{"error":{"code":"UNAUTHORIZED"}}');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      expect((await probeShedServer({ url, token_file: tokenFile })).status).to.equal('ok');
+      fs.writeFileSync(tokenFile, 'wrong', { mode: 0o600 });
+      const refused = await probeShedServer({ url, token_file: tokenFile });
+      expect(refused.status).to.equal('fail');
+      expect(refused.fix).to.include(`check that server.token_file (${tokenFile}) holds the token`);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+    const down = await probeShedServer({ url });
+    expect(down.detail).to.include('ECONNREFUSED');
+    expect(down.fix).to.equal('start shed-server, or fix server.url');
+  });
+
+  it('audit path and sockets dir: writable, creatable, or the fix', () => {
+    const dir = tempDir('shed-dr');
+    expect(probeWritable('audit log', path.join(dir, 'logs', 'audit.log'), 'file').detail).to.match(/will be created/);
+    fs.writeFileSync(path.join(dir, 'file'), '');
+    expect(probeWritable('sockets dir', path.join(dir, 'file'), 'dir').status).to.equal('fail');
+  });
+
+  it('runs every check the policy calls for, one line each, and exits 1 on a failure', async () => {
+    const home = tempDir('shed-dr');
+    const file = path.join(home, 'extensions.yaml');
+    fs.writeFileSync(file, [
+      'version: 1',
+      `direct: { sockets_dir: ${path.join(home, 'socks')} }`,
+      `audit: { path: ${path.join(home, 'audit.log')} }`,
+      'defaults:',
+      '  ssh: { mode: agent-forward }',
+      `  docker: { registries: [ghcr.io], config_path: ${path.join(home, 'docker.json')} }`,
+      'sheds:',
+      '  alpha: {}',
+      '',
+    ].join('\n'), { mode: 0o600 });
+    const checks = await runChecks(file, { env: { PATH: '/usr/bin:/bin' }, home, timeoutMs: 2000 });
+    expect(checks.map((c) => `${c.name}:${c.status}`)).to.deep.equal([
+      'policy:ok', 'ssh agent:fail', 'docker config:warn', 'sockets dir:ok', 'audit log:ok', 'approval gates:ok',
+    ]);
+    const [cmd, args] = binCommand('shed-host-agent', ['doctor', '--config', file]);
+    const res = await run(cmd, args, { env: { PATH: process.env.PATH, HOME: home } });
+    expect(res.code).to.equal(1);
+    expect(res.stdout).to.match(/^FAIL {2}ssh agent: no agent socket: SSH_AUTH_SOCK is unset .* -- fix: start ssh-agent/m);
+    expect(res.stdout).to.match(/^1 check failed$/m);
+  });
+});
