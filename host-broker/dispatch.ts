@@ -5,7 +5,7 @@
  * answer each request id at most once.
  */
 import { CommonCode } from '../protocol/codes.js';
-import { describeIssues, Envelope, errorPayload, type Namespace, type Payload } from '../protocol/envelope.js';
+import { describeIssues, Envelope, errorPayload, isErrorPayload, type Namespace, type Payload } from '../protocol/envelope.js';
 import type { Logger } from '../protocol/log.js';
 import { uuidv7Time } from '../protocol/messages.js';
 import type { AuditEntry, AuditSink } from './audit/audit.js';
@@ -162,7 +162,14 @@ export class Dispatcher {
     } finally {
       release?.();
     }
-    if (quiet) return answer;
+    if (quiet) {
+      // A failing audit log is loud in status answers too; its cause (and the
+      // host's paths) stay in the host log.
+      if (operation === 'status' && this.options.audit.lastError && !isErrorPayload(answer)) {
+        return { ...answer, audit: 'failing' };
+      }
+      return answer;
+    }
     if (!(await this.record(entry)) && this.options.policy().audit.required) {
       return errorPayload(CommonCode.AUDIT_UNAVAILABLE, 'the host cannot write its audit log and policy requires it (audit.required); see the shed-host-agent log on the host');
     }

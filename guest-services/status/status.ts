@@ -67,7 +67,12 @@ async function statusOf(bus: StatusBus, namespace: Namespace, deadlineMs: number
     // The host answered, but its backend for this namespace cannot serve (no agent, no Docker config).
     return { namespace, state: 'unavailable', status, summary: describeUnavailable(namespace, status) };
   }
-  return { namespace, state: 'connected', status, summary: describeStatus(namespace, status) };
+  const summary = describeStatus(namespace, status);
+  if (status.audit === 'failing') {
+    const warning = 'warning: the host cannot write its audit log; see the shed-host-agent log on the host';
+    return { namespace, state: 'connected', status, summary: summary ? `${summary}; ${warning}` : warning };
+  }
+  return { namespace, state: 'connected', status, summary };
 }
 
 async function fromError(bus: StatusBus, namespace: Namespace, err: unknown, deadlineMs: number): Promise<NamespaceStatus> {

@@ -9,6 +9,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { VERSION } from '../../protocol/version.js';
+import { BusClient } from '../../guest-services/bus-client.js';
+import { AuditLog } from '../../host-broker/audit/audit-log.js';
 import { runCli } from '../../guest-services/status/cli.js';
 import { describeStatus, formatReport } from '../../guest-services/status/status.js';
 import { startShedBroker, type ShedHarness } from '../support/bus-emulator.js';
@@ -159,6 +161,29 @@ describe('shed-ext status', function () {
       });
     });
   }
+
+  describe('while the host cannot write its audit log', () => {
+    it('still connects, and warns on every namespace without the host\'s error text', async () => {
+      const dir = tempDir('shed-st');
+      fs.writeFileSync(path.join(dir, 'not-a-dir'), '');
+      const audit = new AuditLog(path.join(dir, 'not-a-dir', 'audit.log')); // ENOTDIR on every write
+      const hostAgent = await startHostAgent(dir);
+      const h = await startDirectBroker({ policy: policy(hostAgent.sock, hostDockerConfig(dir)), audit });
+      try {
+        const bus = new BusClient({ publishUrl: h.publishUrl('dev') });
+        await bus.publish('docker-credentials', { operation: 'list' }).finally(() => bus.close());
+        expect(audit.lastError).to.match(/EEXIST|ENOTDIR/);
+        const r = await shedExt(['status', '--publish-url', h.publishUrl('dev')]);
+        const lines = r.stdout.split('\n').filter(Boolean);
+        expect(lines).to.have.length(3);
+        for (const line of lines) expect(line).to.match(/✓ connected \(.*warning: the host cannot write its audit log; see the shed-host-agent log on the host\)$/);
+        expect(r.stdout).not.to.match(/EEXIST|ENOTDIR|not-a-dir/);
+      } finally {
+        await h.stop();
+        await hostAgent.stop();
+      }
+    });
+  });
 
   describe('over the shed transport, trouble on the guest side', () => {
     let h: ShedHarness;

@@ -150,6 +150,15 @@ describe('dispatcher', () => {
     const optional = setup(POLICY, failing as unknown as MemoryAudit);
     expect(await optional.send('alpha', { operation: 'list' })).to.deep.include({ shed_seen: 'alpha' });
   });
+
+  it('says so in status answers while the audit log is failing, without the host\'s error text', async () => {
+    const sink = { lastError: undefined as string | undefined, write: async (_e: AuditEntry) => undefined };
+    const { send } = setup(POLICY, sink as unknown as MemoryAudit);
+    expect(await send('alpha', { operation: 'status' })).to.deep.equal({ connected: true });
+    sink.lastError = 'ENOSPC: no space left on device, write /home/dev/.local/share/shed/extensions-audit.log';
+    const answer = await send('alpha', { operation: 'status' });
+    expect(answer).to.deep.equal({ connected: true, audit: 'failing' });
+  });
 });
 
 describe('dedupe window', () => {
