@@ -12,6 +12,11 @@ import { ApiErrorBody, Envelope, isErrorPayload, type Payload } from '../protoco
 
 export const DEFAULT_PUBLISH_URL = 'http://127.0.0.1:498/v1/publish';
 export const DEFAULT_DEADLINE_MS = 3000;
+
+/** Where every guest program publishes unless told otherwise: `$SHED_PUBLISH_URL`, else shed-agent. */
+export function publishUrlFromEnv(env: NodeJS.ProcessEnv = process.env): string {
+  return env.SHED_PUBLISH_URL || DEFAULT_PUBLISH_URL;
+}
 export const HOST_AGENT_START_HINT = 'start it on the host with `shed-host-agent run --config ~/.config/shed/extensions.yaml`';
 
 export type BusErrorKind =

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../protocol/log.js';
 import { VERSION } from '../../protocol/version.js';
-import { DEFAULT_PUBLISH_URL } from '../bus-client.js';
+import { DEFAULT_PUBLISH_URL, publishUrlFromEnv } from '../bus-client.js';
 import { parseToken } from './app.js';
 import { isLoopbackHost, startAwsEndpoint } from './server.js';
 
@@ -24,7 +24,7 @@ Options:
   --host HOST              listen address (default 127.0.0.1; loopback only)
   --port PORT              listen port (default 499)
   --publish-url URL        shed-agent publish URL, or unix:/path/to/broker.sock
-                           (default ${DEFAULT_PUBLISH_URL})
+                           (default $SHED_PUBLISH_URL, else ${DEFAULT_PUBLISH_URL})
   --auth-token-file FILE   require this token in every request's Authorization
                            header; default: the file in
                            AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, else the value of
@@ -51,7 +51,7 @@ async function main(argv: string[]): Promise<number> {
       options: {
         host: { type: 'string', default: '127.0.0.1' },
         port: { type: 'string', default: '499' },
-        'publish-url': { type: 'string', default: DEFAULT_PUBLISH_URL },
+        'publish-url': { type: 'string', default: publishUrlFromEnv() },
         'auth-token-file': { type: 'string' },
         'status-dir': { type: 'string', default: '/run/shed-extensions' },
         'allow-non-loopback': { type: 'boolean', default: false },

@@ -17,7 +17,7 @@
  *   the error on stdout, what to do on stderr.
  */
 import fs from 'node:fs';
-import { BusClient, BusError, DEFAULT_PUBLISH_URL } from '../bus-client.js';
+import { BusClient, BusError, DEFAULT_PUBLISH_URL, publishUrlFromEnv } from '../bus-client.js';
 import { CREDENTIALS_NOT_FOUND_TEXT, DockerGetResponse, DockerListResponse } from '../../protocol/docker-credentials.js';
 import { VERSION } from '../../protocol/version.js';
 
@@ -102,7 +102,7 @@ export async function runHelper(argv: string[], io: HelperIO): Promise<number> {
 async function withClient(io: HelperIO, body: (client: BusClient) => Promise<number>): Promise<number> {
   let client: BusClient;
   try {
-    client = new BusClient({ publishUrl: io.env.SHED_PUBLISH_URL || DEFAULT_PUBLISH_URL, deadlineMs: DEADLINE_MS });
+    client = new BusClient({ publishUrl: publishUrlFromEnv(io.env), deadlineMs: DEADLINE_MS });
   } catch (err) {
     const message = (err as Error).message;
     io.stdout(`${oneLine(message)}\n`);

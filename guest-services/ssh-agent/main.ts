@@ -3,7 +3,7 @@
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../protocol/log.js';
 import { VERSION } from '../../protocol/version.js';
-import { DEFAULT_PUBLISH_URL, parsePublishUrl } from '../bus-client.js';
+import { DEFAULT_PUBLISH_URL, parsePublishUrl, publishUrlFromEnv } from '../bus-client.js';
 import { DEFAULT_SOCK, startSshAgent } from './agent.js';
 
 const USAGE = `Usage: shed-ext-ssh-agent [--sock PATH] [--publish-url URL]
@@ -17,7 +17,8 @@ Options:
   --sock PATH          the agent socket, mode 0600 (default ${DEFAULT_SOCK});
                        ssh-agent.status beside it says whether the host answers
   --publish-url URL    shed-agent's publish endpoint, or unix:/path for a
-                       broker socket (default ${DEFAULT_PUBLISH_URL})
+                       broker socket (default $SHED_PUBLISH_URL, else
+                       ${DEFAULT_PUBLISH_URL})
   -h, --help           this text
 `;
 
@@ -52,7 +53,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const sockPath = values.sock ?? DEFAULT_SOCK;
-  const publishUrl = values['publish-url'] ?? DEFAULT_PUBLISH_URL;
+  const publishUrl = values['publish-url'] ?? publishUrlFromEnv();
   if (!sockPath.startsWith('/')) {
     process.stderr.write(`shed-ext-ssh-agent: --sock must be an absolute path, got ${JSON.stringify(sockPath)}\n`);
     return 2;

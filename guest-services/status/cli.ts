@@ -1,7 +1,7 @@
 /** `shed-ext`: status, install-guest, init-token, version. main.ts only wires process I/O to this. */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { VERSION } from '../../protocol/version.js';
-import { DEFAULT_PUBLISH_URL, parsePublishUrl } from '../bus-client.js';
+import { DEFAULT_PUBLISH_URL, parsePublishUrl, publishUrlFromEnv } from '../bus-client.js';
 import { DEFAULT_SERVICE_USER, formatInstall, installGuest, InstallError } from './install.js';
 import { formatReport, runStatus, STATUS_DEADLINE_MS } from './status.js';
 import { initToken } from './token.js';
@@ -92,7 +92,7 @@ async function status(args: string[], io: CliIO): Promise<number> {
     io.stdout(USAGE);
     return 0;
   }
-  const publishUrl = values['publish-url'] ?? (io.env.SHED_PUBLISH_URL || DEFAULT_PUBLISH_URL);
+  const publishUrl = values['publish-url'] ?? publishUrlFromEnv(io.env);
   try {
     parsePublishUrl(publishUrl);
   } catch (err) {
