@@ -38,12 +38,13 @@ describe('shed-ext-ssh-agent CLI', function () {
   it('serves without a host, says so, and removes its socket and status file on SIGTERM', async () => {
     const dir = tempDir('shed-gc');
     const sock = path.join(dir, 'run', 'ssh-agent.sock');
-    const [cmd, argv] = binCommand('shed-ext-ssh-agent', ['--sock', sock, '--publish-url', `unix:${path.join(dir, 'absent.sock')}`]);
-    const child = spawnTracked(cmd, argv);
+    // The publish URL from SHED_PUBLISH_URL, as environment.d sets it for a direct socket.
+    const [cmd, argv] = binCommand('shed-ext-ssh-agent', ['--sock', sock]);
+    const child = spawnTracked(cmd, argv, { env: { ...process.env, SHED_PUBLISH_URL: `unix:${path.join(dir, 'absent.sock')}` } });
     const out = capture(child);
     const status = path.join(dir, 'run', 'ssh-agent.status');
     await waitFor(() => fs.existsSync(status), 15_000, 'status file');
-    expect(fs.readFileSync(status, 'utf8')).to.match(/^not connected: /);
+    expect(fs.readFileSync(status, 'utf8')).to.match(/^not connected: .*absent\.sock/);
     expect(fs.statSync(path.dirname(sock)).mode & 0o777).to.equal(0o700);
     expect(fs.statSync(sock).mode & 0o777).to.equal(0o600);
     expect(out.stderr()).to.include('WARN').and.include('until shed-host-agent runs on the host');
