@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../protocol/log.js';
+import { untilStopSignal } from '../../protocol/signals.js';
 import { VERSION } from '../../protocol/version.js';
 import { DEFAULT_PUBLISH_URL, publishUrlFromEnv } from '../bus-client.js';
 import { parseToken } from './app.js';
@@ -92,6 +93,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (!isLoopbackHost(host)) log.warn(`listening on non-loopback ${host}: anything that can reach it can ask for the credentials`);
 
+  const stopSignal = untilStopSignal();
   let endpoint;
   try {
     endpoint = await startAwsEndpoint({ host, port, publishUrl: values['publish-url'], authToken, statusDir: values['status-dir'], log });
@@ -99,14 +101,7 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${PROGRAM}: ${(err as Error).message}\n`);
     return 1;
   }
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      log.info(`${signal}: stopping`);
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  log.info(`${await stopSignal}: stopping`);
   await endpoint.close();
   return 0;
 }

@@ -2,6 +2,7 @@
 /** shed-ext-ssh-agent: a thin CLI over agent.ts. */
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../protocol/log.js';
+import { untilStopSignal } from '../../protocol/signals.js';
 import { VERSION } from '../../protocol/version.js';
 import { DEFAULT_PUBLISH_URL, parsePublishUrl, publishUrlFromEnv } from '../bus-client.js';
 import { DEFAULT_SOCK, startSshAgent } from './agent.js';
@@ -66,6 +67,7 @@ export async function main(argv: string[]): Promise<number> {
   }
 
   const log = createLogger('shed-ext-ssh-agent');
+  const stopSignal = untilStopSignal();
   let agent;
   try {
     agent = await startSshAgent({ sockPath, publishUrl, log });
@@ -75,14 +77,9 @@ export async function main(argv: string[]): Promise<number> {
     log.error(`cannot serve ${sockPath}: ${(err as Error).message}${hint}`);
     return 1;
   }
-  return new Promise<number>((resolve) => {
-    const stop = (signal: string) => {
-      log.info(`${signal}: stopping`);
-      void agent.close().then(() => resolve(0));
-    };
-    process.once('SIGINT', () => stop('SIGINT'));
-    process.once('SIGTERM', () => stop('SIGTERM'));
-  });
+  log.info(`${await stopSignal}: stopping`);
+  await agent.close();
+  return 0;
 }
 
 main(process.argv.slice(2)).then(

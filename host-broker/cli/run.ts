@@ -4,6 +4,7 @@
  * with its errors and the policy in force stays.
  */
 import type { Logger } from '../../protocol/log.js';
+import { untilStopSignal } from '../../protocol/signals.js';
 import { Broker } from '../broker.js';
 import { loadPolicyFile } from '../policy/policy.js';
 import { PolicyWatcher } from '../policy/watch.js';
@@ -17,22 +18,26 @@ export async function runBroker(configPath: string, log: Logger): Promise<number
     },
     log,
   });
+  // Signal handlers first: a SIGTERM or SIGHUP during start-up must not kill the broker mid-way.
+  const stopSignal = untilStopSignal();
+  let started = false;
+  const onHup = () => {
+    if (started) void broker.reload();
+    else log.info('SIGHUP during start-up: the policy is being read now');
+  };
+  process.on('SIGHUP', onHup);
   await broker.start();
+  started = true;
   const watcher = new PolicyWatcher({ file: configPath, onChange: () => broker.reload(), log });
   log.info(`shed-host-agent ready (policy ${broker.policy.files.join(', ')}; reloads on edit and on SIGHUP)`);
-  return new Promise<number>((resolve) => {
-    const onHup = () => void broker.reload();
-    const stop = (signal: string) => {
-      log.info(`${signal}: stopping`);
-      process.off('SIGHUP', onHup);
-      watcher.close();
-      broker.stop().then(() => resolve(0), (err: Error) => {
-        log.error(`unclean stop: ${err.message}`);
-        resolve(1);
-      });
-    };
-    process.on('SIGHUP', onHup);
-    process.once('SIGINT', () => stop('SIGINT'));
-    process.once('SIGTERM', () => stop('SIGTERM'));
-  });
+  log.info(`${await stopSignal}: stopping`);
+  process.off('SIGHUP', onHup);
+  watcher.close();
+  try {
+    await broker.stop();
+    return 0;
+  } catch (err) {
+    log.error(`unclean stop: ${(err as Error).message}`);
+    return 1;
+  }
 }
