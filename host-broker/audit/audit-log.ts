@@ -1,10 +1,14 @@
 /**
- * The JSON-lines audit log: one line per credential operation, appended and
- * flushed to disk before the answer leaves. Directory 0700, files 0600.
+ * The JSON-lines audit log: one line per credential operation, written to the
+ * file (not buffered in this process) before the answer leaves, so a crash of
+ * the broker loses no line. Directory 0700, files 0600.
  *
- * One writer appends in order. Lines that arrive while a flush is on the disk
- * are written together by the next one (one datasync for the group), so a
- * burst costs one sync, not one per line, and no line waits for a later one.
+ * One writer appends in order; lines that arrive during a write go together
+ * in the next one. Durability against a power loss comes from a datasync
+ * started after each write and coalesced (while one runs, at most one more is
+ * queued): neither the answers nor later writes wait for the disk (~0.4 ms a
+ * sync here, several at p99), a power loss can lose only the lines of the
+ * last few milliseconds, and a sync failure is as loud as a write failure.
  * When the next line would take the file past `maxBytes` the log rotates
  * first: `file.keep-1` → `file.keep`, …, `file` → `file.1`, a new `file`. A
  * line therefore never spans two files and is never torn by rotation.
@@ -35,6 +39,9 @@ export class AuditLog implements AuditSink {
   private size = 0;
   private pending: Pending[] = [];
   private flushing: Promise<void> | undefined;
+  /** The datasync in flight, and whether another is wanted after it. */
+  private syncing: Promise<void> | undefined;
+  private syncAgain = false;
   private maxBytes: number;
   private keep: number;
   private nextFile: string | undefined;
@@ -70,8 +77,7 @@ export class AuditLog implements AuditSink {
 
   async close(): Promise<void> {
     while (this.flushing) await this.flushing;
-    await this.handle?.close().catch(() => undefined);
-    this.handle = undefined;
+    await this.closeHandle();
   }
 
   private kick(): void {
@@ -85,13 +91,12 @@ export class AuditLog implements AuditSink {
     this.flushing = undefined;
   }
 
-  /** Write a group of lines in order; each resolves once it is on the disk. */
+  /** Write a group of lines in order; each resolves once it is written, the group is synced after. */
   private async flush(batch: Pending[]): Promise<void> {
     let done = 0;
     try {
       if (this.nextFile) {
-        await this.handle?.close().catch(() => undefined);
-        this.handle = undefined;
+        await this.closeHandle();
         this.file = this.nextFile;
         this.nextFile = undefined;
       }
@@ -108,26 +113,63 @@ export class AuditLog implements AuditSink {
           end += 1;
         }
         if (end > done) {
-          await this.handle!.appendFile(batch.slice(done, end).map((p) => p.line).join(''));
-          await this.handle!.datasync();
+          // A write of a few hundred bytes to the page cache takes microseconds:
+          // done synchronously it is cheaper than a round trip through libuv's
+          // thread pool, which costs ~0.3 ms of wake-ups per line here.
+          writeAll(this.handle!.fd, Buffer.from(batch.slice(done, end).map((p) => p.line).join('')));
           this.size += bytes;
+          this.lastError = undefined;
+          this.lastErrorAt = undefined;
+          // Written: the answers may leave. The sync follows on its own.
           for (const p of batch.slice(done, end)) p.resolve();
+          this.requestSync();
           done = end;
         }
         if (done < batch.length) await this.rotate();
       }
-      this.lastError = undefined;
-      this.lastErrorAt = undefined;
     } catch (err) {
-      const cause = (err as Error).message;
-      if (this.lastError === undefined) this.options.log?.error(`audit log ${this.file} cannot be written: ${cause}`);
-      this.lastError = cause;
-      this.lastErrorAt = new Date().toISOString();
-      await this.handle?.close().catch(() => undefined);
-      this.handle = undefined;
+      const cause = this.failed(err as Error);
+      await this.closeHandle();
       const failure = new Error(`cannot write the audit log ${this.file}: ${cause}`, { cause: err });
       for (const p of batch.slice(done)) p.reject(failure);
     }
+  }
+
+  /** Sync the open file soon; coalesces with a sync already running. */
+  private requestSync(): void {
+    if (this.syncing) {
+      this.syncAgain = true;
+      return;
+    }
+    const handle = this.handle;
+    if (!handle) return;
+    this.syncing = (async () => {
+      do {
+        this.syncAgain = false;
+        try {
+          await handle.datasync();
+        } catch (err) {
+          this.failed(err as Error);
+        }
+      } while (this.syncAgain && this.handle === handle);
+      this.syncing = undefined;
+    })();
+  }
+
+  /** Record a failure loudly: one error line until a write succeeds again. */
+  private failed(err: Error): string {
+    const cause = err.message;
+    if (this.lastError === undefined) this.options.log?.error(`audit log ${this.file} cannot be written: ${cause}`);
+    this.lastError = cause;
+    this.lastErrorAt = new Date().toISOString();
+    return cause;
+  }
+
+  /** Close the open file after its last sync. */
+  private async closeHandle(): Promise<void> {
+    while (this.syncing) await this.syncing;
+    await this.handle?.close().catch(() => undefined);
+    this.handle = undefined;
   }
 
   private async open(): Promise<void> {
@@ -146,8 +188,7 @@ export class AuditLog implements AuditSink {
   }
 
   private async rotate(): Promise<void> {
-    await this.handle?.close();
-    this.handle = undefined;
+    await this.closeHandle();
     if (this.keep === 0) {
       await fs.promises.rm(this.file, { force: true });
     } else {
@@ -157,6 +198,12 @@ export class AuditLog implements AuditSink {
     this.rotations += 1;
     await this.open();
   }
+}
+
+/** write(2) until every byte is out (a regular file takes it in one go, but the contract allows less). */
+function writeAll(fd: number, buffer: Buffer): void {
+  let offset = 0;
+  while (offset < buffer.length) offset += fs.writeSync(fd, buffer, offset);
 }
 
 async function renameIfExists(from: string, to: string): Promise<void> {
