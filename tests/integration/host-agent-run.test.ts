@@ -54,8 +54,8 @@ describe('shed-host-agent run', () => {
     const [cmd, args] = binCommand('shed-host-agent', ['run', '--config', config]);
     const res = await run(cmd, args, { env: { ...process.env, HOME: dir } });
     expect(res.code).to.equal(1);
-    expect(res.stderr).to.match(/Not_A_Name/);
-    expect(res.stderr).to.match(/sheds\.Not_A_Name/);
+    expect(res.stderr).to.match(/extensions\.yaml:3:3: sheds\.Not_A_Name: .*is not a shed name/);
+    expect(res.stderr).to.match(/lowercase letters/);
   });
 
   it('names a missing policy file and how to create one', async () => {
