@@ -13,6 +13,7 @@
  * login. Target: at most 1 ms added at p50 over the direct agent.
  */
 import crypto from 'node:crypto';
+import net from 'node:net';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -66,6 +67,20 @@ async function main(): Promise<void> {
   await waitFor(() => fs.existsSync(path.join(dir, 'guest', 'ssh-agent.status')) || guest.exitCode !== null, 20_000, 'shed-ext-ssh-agent');
   if (guest.exitCode !== null) throw new Error(`shed-ext-ssh-agent exited: ${guestOut.stderr()}`);
 
+  // The machine's floor: a bare request/answer between two processes over a
+  // unix socket (an echo server, 200 bytes). The whole path makes two such
+  // hops more than the direct one (client → guest agent, guest agent → broker).
+  const echoSock = path.join(dir, 'echo.sock');
+  const echo = spawnTracked(process.execPath, ['-e', 'require("net").createServer((s) => s.on("data", (d) => s.write(d))).listen(process.argv[1], () => console.log("up"))', echoSock]);
+  await new Promise((r) => echo.stdout!.once('data', r));
+  const echoClient = net.connect(echoSock);
+  await new Promise((r) => echoClient.once('connect', r));
+  const echoMessage = Buffer.alloc(200, 0x61);
+  const hop = () => timed(() => new Promise((r) => {
+    echoClient.write(echoMessage);
+    echoClient.once('data', r);
+  }));
+
   logs = () => `shed-host-agent:\n${brokerOut.stderr()}shed-ext-ssh-agent:\n${guestOut.stderr()}`;
   const blob = keyLineBlob(key.pubLine)!;
   const viaShed = new AgentClient(guestSock);
@@ -95,18 +110,22 @@ async function main(): Promise<void> {
     await once(direct);
     await busSign();
     await busPing();
+    await hop();
   }
   const shedSamples: number[] = [];
   const directSamples: number[] = [];
   const busSignSamples: number[] = [];
   const pingSamples: number[] = [];
+  const hopSamples: number[] = [];
   for (let done = 0; done < N; done += BATCH) {
     const n = Math.min(BATCH, N - done);
     for (let i = 0; i < n; i++) shedSamples.push(await once(viaShed));
     for (let i = 0; i < n; i++) directSamples.push(await once(direct));
     for (let i = 0; i < n / 5; i++) busSignSamples.push(await busSign());
     for (let i = 0; i < n / 5; i++) pingSamples.push(await busPing());
+    for (let i = 0; i < n / 5; i++) hopSamples.push(await hop());
   }
+  echoClient.destroy();
   viaShed.close();
   direct.close();
   bus.close();
@@ -119,6 +138,7 @@ async function main(): Promise<void> {
   const d = figures(directSamples);
   const b = figures(busSignSamples);
   const p = figures(pingSamples);
+  const h = figures(hopSamples);
   const added = s.p50 - d.p50;
   const f = (ms: number) => `${ms.toFixed(3)} ms`;
   const machine = `${os.type()} ${os.release()} ${os.arch()}, ${os.cpus().length} CPUs, node ${process.version}`;
@@ -144,6 +164,10 @@ async function main(): Promise<void> {
     '|---|---|---|---|',
     `| sign on the bus, no guest agent (dispatcher, policy, limits, audit line written (synced in the background), handler, ssh-agent) | ${f(b.p50)} | ${f(b.p99)} | ${f(b.mean)} |`,
     `| ping on the bus (HTTP over the unix socket and the dispatcher only) | ${f(p.p50)} | ${f(p.p99)} | ${f(p.mean)} |`,
+    `| one bare process hop: 200 bytes to an echo process and back over a unix socket | ${f(h.p50)} | ${f(h.p99)} | ${f(h.mean)} |`,
+    '',
+    `The path makes two hops more than the direct agent does: about ${f(2 * h.p50)} of the added time at p50 is those hops alone (bare, with both ends busy);`
+      + ` the added ${f(added)} is ${(added / (2 * h.p50)).toFixed(1)}× that floor.`,
   ].join('\n');
   process.stdout.write(`${section}\n`);
 
