@@ -95,8 +95,10 @@ export class Dispatcher {
       return errorPayload(code, message);
     };
 
+    // One policy for the whole request, even if a reload lands meanwhile.
+    const current = this.options.policy();
     // The shed-level verdict is shared with `shed-host-agent explain`.
-    const verdict = shedDecision(this.options.policy(), shed, envelope.namespace, this.handlers.has(envelope.namespace));
+    const verdict = shedDecision(current, shed, envelope.namespace, this.handlers.has(envelope.namespace));
     if (!verdict.allowed || !verdict.shed) {
       return deny(verdict.code ?? CommonCode.SHED_NOT_ALLOWED, verdict.message ?? verdict.rule);
     }
@@ -108,7 +110,7 @@ export class Dispatcher {
     }
     if (operation === 'ping') return { status: 'ok' };
 
-    return this.serve(handler, policy, namespace, operation, envelope, base);
+    return this.serve(handler, policy, namespace, operation, envelope, base, current.audit.required);
   }
 
   private async serve(
@@ -118,6 +120,7 @@ export class Dispatcher {
     operation: string,
     envelope: Envelope,
     base: Pick<AuditEntry, 'shed' | 'ns' | 'op' | 'request_id'>,
+    auditRequired: boolean,
   ): Promise<Payload> {
     const quiet = QUIET_OPERATIONS.has(operation);
     const approver = this.options.approver ?? noApprover;
@@ -170,7 +173,7 @@ export class Dispatcher {
       }
       return answer;
     }
-    if (!(await this.record(entry)) && this.options.policy().audit.required) {
+    if (!(await this.record(entry)) && auditRequired) {
       return errorPayload(CommonCode.AUDIT_UNAVAILABLE, 'the host cannot write its audit log and policy requires it (audit.required); see the shed-host-agent log on the host');
     }
     return answer;

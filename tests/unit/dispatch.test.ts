@@ -151,6 +151,22 @@ describe('dispatcher', () => {
     expect(await optional.send('alpha', { operation: 'list' })).to.deep.include({ shed_seen: 'alpha' });
   });
 
+  it('keeps the audit.required of the policy a request started under, when a reload lands meanwhile', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const slow: NamespaceHandler = { namespace: 'ssh-agent', async handle() { await gate; return { done: true }; } };
+    const failing = { write: async (_e: AuditEntry) => { throw new Error('disk full'); } };
+    let policy = policyFromDocument({ ...POLICY, audit: { required: true } });
+    const dispatcher = new Dispatcher({ policy: () => policy, handlers: [slow], audit: failing, log: memoryLogger() });
+    const answer = dispatcher.dispatch(requestEnvelope('ssh-agent', { operation: 'list' }), 'alpha');
+    await new Promise((r) => setTimeout(r, 20));
+    policy = policyFromDocument(POLICY); // the reload: audit no longer required
+    release();
+    expect(await answer).to.include({ code: 'AUDIT_UNAVAILABLE' });
+    // The next request runs under the new policy and is served unaudited, loudly.
+    expect(await dispatcher.dispatch(requestEnvelope('ssh-agent', { operation: 'list' }), 'alpha')).to.deep.equal({ done: true });
+  });
+
   it('says so in status answers while the audit log is failing, without the host\'s error text', async () => {
     const sink = { lastError: undefined as string | undefined, write: async (_e: AuditEntry) => undefined };
     const { send } = setup(POLICY, sink as unknown as MemoryAudit);
