@@ -18,6 +18,7 @@ import net from 'node:net';
 import path from 'node:path';
 import ssh2 from 'ssh2';
 import type { Logger } from '../../protocol/log.js';
+import { listenPrivate } from '../../protocol/private-socket.js';
 import { SshListResponse, SshSignResponse } from '../../protocol/ssh-agent.js';
 import { BusClient, BusError } from '../bus-client.js';
 
@@ -96,7 +97,11 @@ export async function startSshAgent(options: SshAgentOptions): Promise<RunningAg
     socket.once('close', () => sockets.delete(socket));
     serveConnection(socket, call, signDeadlineMs, log);
   });
-  await listenPrivate(server, sockPath);
+  fs.mkdirSync(path.dirname(sockPath), { recursive: true, mode: 0o700 });
+  await listenPrivate(server, sockPath, {
+    notSocket: `${sockPath} exists and is not a socket; remove it or choose another --sock`,
+    live: `another agent is already serving ${sockPath}; stop it or choose another --sock`,
+  });
   log.info(`serving SSH agent on ${sockPath} (host via ${options.publishUrl})`);
 
   let connected = false;
@@ -313,47 +318,3 @@ function logRefusal(log: Logger, what: string, err: Error): void {
   }
 }
 
-/**
- * Listen on `sockPath` with mode 0600. A stale socket file (nothing answers)
- * is replaced; a live one, or a file that is not a socket, is left alone and
- * reported.
- */
-async function listenPrivate(server: net.Server, sockPath: string): Promise<void> {
-  const dir = path.dirname(sockPath);
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  let st: fs.Stats | undefined;
-  try {
-    st = fs.lstatSync(sockPath);
-  } catch {
-    st = undefined;
-  }
-  if (st) {
-    if (!st.isSocket()) throw new Error(`${sockPath} exists and is not a socket; remove it or choose another --sock`);
-    if (await answers(sockPath)) throw new Error(`another agent is already serving ${sockPath}; stop it or choose another --sock`);
-    fs.rmSync(sockPath, { force: true });
-  }
-  const previous = process.umask(0o177);
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(sockPath, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-  } finally {
-    process.umask(previous);
-  }
-  fs.chmodSync(sockPath, 0o600);
-}
-
-function answers(sockPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.createConnection(sockPath);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}

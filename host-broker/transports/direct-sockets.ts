@@ -7,12 +7,12 @@
  */
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import path from 'node:path';
 import { PUBLISH_API_STATUS, PublishApiCode } from '../../protocol/codes.js';
 import { AGENT_WAIT_LIMIT_MS, apiErrorBody, isShedName, MAX_BODY_BYTES, type Payload } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
 import { requestEnvelope, responseEnvelope } from '../../protocol/messages.js';
+import { listenPrivate } from '../../protocol/private-socket.js';
 import type { RequestSink, Transport } from './transport.js';
 
 /** sun_path is 108 bytes on Linux and 104 on macOS, NUL included. */
@@ -87,25 +87,14 @@ export class DirectSockets implements Transport {
     if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
       throw new Error(`socket path ${socketPath} is longer than the ${MAX_SOCKET_PATH_BYTES} bytes unix sockets allow; set direct.sockets_dir to a shorter directory`);
     }
-    await removeStaleSocket(socketPath, this.options.log);
     const pending = new Set<http.ServerResponse>();
     const server = http.createServer((req, res) => this.onRequest(shed, req, res, pending));
     server.keepAliveTimeout = 60_000;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      // Bind with a umask that leaves only the owner's bits, then set 0600
-      // explicitly: no window where another user could connect.
-      const umask = process.umask(0o177);
-      try {
-        server.listen(socketPath, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      } finally {
-        process.umask(umask);
-      }
+    await listenPrivate(server, socketPath, {
+      notSocket: `${socketPath} exists and is not a socket; move it away so the broker can serve this shed`,
+      live: `another process is serving ${socketPath}; stop the other shed-host-agent first`,
+      onStale: (p) => this.options.log.info(`removed stale socket ${p}`),
     });
-    fs.chmodSync(socketPath, 0o600);
     server.on('error', (err) => this.options.log.error(`socket for shed ${shed}: ${err.message}`));
     this.served.set(shed, { server, path: socketPath, ino: fs.statSync(socketPath).ino, pending });
     this.options.log.info(`serving shed ${shed} on ${socketPath}`);
@@ -243,35 +232,4 @@ function prepareDirectory(dir: string, log: Logger): void {
     fs.chmodSync(dir, 0o700);
     log.info(`tightened ${dir} to mode 0700`);
   }
-}
-
-/** Remove a socket file left by a broker that did not shut down; refuse if a broker still answers on it. */
-async function removeStaleSocket(socketPath: string, log: Logger): Promise<void> {
-  let st: fs.Stats;
-  try {
-    st = fs.lstatSync(socketPath);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) {
-    throw new Error(`${socketPath} exists and is not a socket; move it away so the broker can serve this shed`);
-  }
-  if (await answers(socketPath)) {
-    throw new Error(`another process is serving ${socketPath}; stop the other shed-host-agent first`);
-  }
-  fs.unlinkSync(socketPath);
-  log.info(`removed stale socket ${socketPath}`);
-}
-
-function answers(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = net.connect(socketPath);
-    const done = (live: boolean) => {
-      sock.destroy();
-      resolve(live);
-    };
-    sock.once('connect', () => done(true));
-    sock.once('error', () => done(false));
-    sock.setTimeout(500, () => done(false));
-  });
 }
