@@ -10,6 +10,7 @@ import { AwsCredentialsResponse, toContainerCredentials } from '../../protocol/a
 import type { Payload } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
 import { BusError } from '../bus-client.js';
+import type { BusState } from '../status-file.js';
 
 export const NAMESPACE = 'aws-credentials';
 
@@ -19,7 +20,6 @@ export interface Publisher {
 }
 
 /** The host as last seen: `connected`, or why not. */
-export type BusState = { connected: true } | { connected: false; why: string };
 
 export interface AwsAppOptions {
   bus: Publisher;

@@ -2,14 +2,14 @@
  * Runs the credentials app on a loopback port: the bus client, the startup
  * ping, and the `aws-credentials.status` file.
  */
-import fs from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { createAdaptorServer } from '@hono/node-server';
 import type { Logger } from '../../protocol/log.js';
 import { BusClient, BusError } from '../bus-client.js';
-import { createAwsApp, NAMESPACE, type BusState } from './app.js';
+import { createAwsApp, NAMESPACE } from './app.js';
+import { StatusFile, type BusState } from '../status-file.js';
 
 export const STATUS_FILE = 'aws-credentials.status';
 export const STARTUP_PING_MS = 2000;
@@ -42,7 +42,7 @@ export function isLoopbackHost(host: string): boolean {
 export async function startAwsEndpoint(options: EndpointOptions): Promise<RunningEndpoint> {
   const { log } = options;
   const bus = new BusClient({ publishUrl: options.publishUrl, deadlineMs: options.deadlineMs });
-  const status = new StatusFile(options.statusDir, log);
+  const status = new StatusFile(options.statusDir && path.join(options.statusDir, STATUS_FILE), log);
   const app = createAwsApp({ bus, authToken: options.authToken, log, onBusState: (s) => status.set(s) });
   const server = createAdaptorServer({ fetch: app.fetch }) as Server;
   server.keepAliveTimeout = 5000;
@@ -104,34 +104,5 @@ function listenError(err: NodeJS.ErrnoException, host: string, port: number): Er
       return new Error(`cannot listen on ${host}:${port}: no such local address; pass --host 127.0.0.1`);
     default:
       return new Error(`cannot listen on ${host}:${port}: ${err.message}`);
-  }
-}
-
-/** `connected` or `not connected: <why>`, rewritten only when it changes; 0600, written whole (rename). */
-class StatusFile {
-  private last: string | undefined;
-  private warned = false;
-
-  constructor(private readonly dir: string | undefined, private readonly log: Logger) {}
-
-  set(state: BusState): void {
-    const text = state.connected ? 'connected' : `not connected: ${state.why}`;
-    if (!this.dir || text === this.last) return;
-    this.last = text;
-    const file = path.join(this.dir, STATUS_FILE);
-    const tmp = `${file}.${process.pid}.tmp`;
-    try {
-      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-      fs.writeFileSync(tmp, `${text}\n`, { mode: 0o600 });
-      fs.renameSync(tmp, file);
-    } catch (err) {
-      if (!this.warned) this.log.warn(`cannot write ${file}: ${(err as Error).message}; status is only in this log`);
-      this.warned = true;
-    }
-  }
-
-  remove(): void {
-    if (!this.dir) return;
-    fs.rmSync(path.join(this.dir, STATUS_FILE), { force: true });
   }
 }

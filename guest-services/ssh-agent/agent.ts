@@ -21,6 +21,7 @@ import type { Logger } from '../../protocol/log.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
 import { SshListResponse, SshSignResponse } from '../../protocol/ssh-agent.js';
 import { BusClient, BusError } from '../bus-client.js';
+import { StatusFile } from '../status-file.js';
 
 export const DEFAULT_SOCK = '/run/shed-extensions/ssh-agent.sock';
 export const STATUS_FILE = 'ssh-agent.status';
@@ -66,28 +67,16 @@ export async function startSshAgent(options: SshAgentOptions): Promise<RunningAg
   const signDeadlineMs = options.signDeadlineMs ?? 30_000;
   const statusPath = path.join(path.dirname(sockPath), STATUS_FILE);
   const sockets = new Set<net.Socket>();
-  let lastStatus = '';
-
-  const setStatus = (text: string) => {
-    if (text === lastStatus) return;
-    lastStatus = text;
-    try {
-      const tmp = `${statusPath}.${process.pid}.tmp`;
-      fs.writeFileSync(tmp, `${text}\n`, { mode: 0o600 });
-      fs.renameSync(tmp, statusPath);
-    } catch (err) {
-      log.warn(`cannot write ${statusPath}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-    }
-  };
+  const status = new StatusFile(statusPath, log);
 
   /** Publish, keeping the status file in step with whether the host answers. */
   const call = async (payload: Record<string, unknown>, deadlineMs?: number): Promise<Record<string, unknown>> => {
     try {
       const answer = await bus.publish(NS, payload, { deadlineMs });
-      setStatus('connected');
+      status.set({ connected: true });
       return answer;
     } catch (err) {
-      if (err instanceof BusError) setStatus(err.kind === 'host' ? 'connected' : `not connected: ${err.describe()}`);
+      if (err instanceof BusError) status.set(err.kind === 'host' ? { connected: true } : { connected: false, why: err.describe() });
       throw err;
     }
   };
@@ -108,10 +97,10 @@ export async function startSshAgent(options: SshAgentOptions): Promise<RunningAg
   try {
     await bus.ping(NS, { deadlineMs: options.pingDeadlineMs ?? 2_000 });
     connected = true;
-    setStatus('connected');
+    status.set({ connected: true });
   } catch (err) {
     const why = err instanceof BusError ? err.describe() : (err as Error).message;
-    setStatus(`not connected: ${why}`);
+    status.set({ connected: false, why });
     log.warn(`the host's ssh-agent namespace does not answer (${why}); ssh will see an empty agent until shed-host-agent runs on the host with this shed in its policy`);
   }
 
@@ -125,7 +114,8 @@ export async function startSshAgent(options: SshAgentOptions): Promise<RunningAg
         server.close(() => resolve());
         for (const s of sockets) s.destroy();
         bus.close();
-        for (const file of [sockPath, statusPath]) fs.rmSync(file, { force: true });
+        fs.rmSync(sockPath, { force: true });
+        status.remove();
       });
       return closing;
     },
