@@ -1,4 +1,5 @@
 /** ssh-agent namespace payloads (PROTOCOL.md section 4), plus the `bind` operation this project adds. */
+import crypto from 'node:crypto';
 import * as z from 'zod/mini';
 
 const B64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -38,6 +39,11 @@ export type SshBindResponse = z.infer<typeof SshBindResponse>;
 
 export const SshStatusResponse = z.looseObject({ connected: z.boolean(), mode: z.string(), key_count: z.int() });
 export type SshStatusResponse = z.infer<typeof SshStatusResponse>;
+
+/** `SHA256:<unpadded base64>` of a public key blob, exactly as `ssh-keygen -lf` prints it; the same on both sides. */
+export function fingerprint(blob: Buffer): string {
+  return `SHA256:${crypto.createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
+}
 
 /** Sign flags of the agent protocol. */
 export const SSH_AGENT_RSA_SHA2_256 = 2;

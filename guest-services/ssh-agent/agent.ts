@@ -12,14 +12,13 @@
  * and the host's verdict is the answer. A host without `bind` makes it a
  * FAILURE, which ssh tolerates.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import ssh2 from 'ssh2';
 import type { Logger } from '../../protocol/log.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
-import { SshListResponse, SshSignResponse } from '../../protocol/ssh-agent.js';
+import { fingerprint, SshListResponse, SshSignResponse } from '../../protocol/ssh-agent.js';
 import { BusClient, BusError } from '../bus-client.js';
 import { StatusFile } from '../status-file.js';
 
@@ -162,7 +161,7 @@ function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number,
 
     proto.on('sign', (req, pubKey, data, flags) => {
       const blob = pubKey.getPublicSSH();
-      const fp = `SHA256:${crypto.createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
+      const fp = fingerprint(blob);
       const flagBits = flags.hash === 'sha256' ? 2 : flags.hash === 'sha512' ? 4 : 0;
       call({ operation: 'sign', public_key: blob.toString('base64'), data: data.toString('base64'), flags: flagBits }, signDeadlineMs)
         .then((answer) => {

@@ -11,7 +11,6 @@ import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
-import crypto from 'node:crypto';
 import { memoryLogger } from '../../protocol/log.js';
 import { Approvals } from '../approval/approvals.js';
 import { findExecutable } from '../approval/gates.js';
@@ -23,6 +22,7 @@ import { listedSheds } from '../policy/show.js';
 import { AgentClient } from '../ssh/agent-client.js';
 import { LocalKeys } from '../ssh/local-keys.js';
 import { fingerprint } from '../ssh/wire.js';
+import { certificatePin, normalizePin } from '../transports/shed-server.js';
 import type { Io } from './io.js';
 
 export interface Check {
@@ -159,14 +159,13 @@ export async function probeShedServer(server: NonNullable<Policy['server']>, tim
 }
 
 function pinnedSocket(base: URL, pin: string, cert: Buffer | undefined, key: Buffer | undefined, timeoutMs: number): Promise<tls.TLSSocket> {
-  const want = pin.replace(/^sha256:/i, '').replace(/:/g, '').toLowerCase();
+  const want = normalizePin(pin);
   return new Promise((resolve, reject) => {
     const socket = tls.connect({ host: base.hostname, port: Number(base.port || 443), servername: base.hostname, rejectUnauthorized: false, cert, key, ALPNProtocols: ['http/1.1'] });
     const timer = setTimeout(() => socket.destroy(new Error(`no TLS handshake in ${timeoutMs} ms`)), timeoutMs);
     socket.once('secureConnect', () => {
       clearTimeout(timer);
-      const raw = socket.getPeerCertificate().raw;
-      const got = raw ? crypto.createHash('sha256').update(raw).digest('hex') : '';
+      const got = certificatePin(socket.getPeerCertificate().raw);
       if (got !== want) {
         socket.destroy();
         reject(new Error(`the server certificate is sha256:${got}, not the pinned server.tls_pin`));

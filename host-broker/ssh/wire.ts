@@ -4,7 +4,7 @@
  * OpenSSH's `publickey-hostbound-v00@openssh.com`), and SSHSIG signed data
  * (OpenSSH PROTOCOL.sshsig).
  */
-import crypto from 'node:crypto';
+import { fingerprint } from '../../protocol/ssh-agent.js';
 
 export class WireError extends Error {
   override readonly name = 'WireError';
@@ -57,10 +57,7 @@ export function sshString(value: Buffer | string): Buffer {
   return Buffer.concat([len, body]);
 }
 
-/** `SHA256:<unpadded base64>` of a public key blob, exactly as `ssh-keygen -lf` prints it. */
-export function fingerprint(blob: Buffer): string {
-  return `SHA256:${crypto.createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
-}
+export { fingerprint };
 
 /** The key type a public key blob starts with (`ssh-ed25519`, ...), or undefined when it is not a blob. */
 export function blobType(blob: Buffer): string | undefined {

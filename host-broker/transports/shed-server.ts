@@ -462,8 +462,7 @@ class PinnedAgent extends http.Agent {
     socket.once('error', onError);
     socket.once('secureConnect', () => {
       socket.off('error', onError);
-      const cert = socket.getPeerCertificate();
-      const got = cert?.raw ? crypto.createHash('sha256').update(cert.raw).digest('hex') : 'none';
+      const got = certificatePin(socket.getPeerCertificate()?.raw);
       if (got !== this.pin) {
         socket.destroy();
         callback?.(new PinMismatch(`the TLS certificate of ${host}:${options.port} does not match server.tls_pin (got sha256:${got}): not connecting; if shed-server's certificate changed on purpose, update the pin`), socket);
@@ -475,7 +474,13 @@ class PinnedAgent extends http.Agent {
   }
 }
 
-function normalizePin(pin: string): string {
+/** SHA-256 hex of a peer certificate's DER, as `server.tls_pin` names it ('none' without one). */
+export function certificatePin(raw: Buffer | undefined): string {
+  return raw ? crypto.createHash('sha256').update(raw).digest('hex') : 'none';
+}
+
+/** The hex digest a `server.tls_pin` names (`sha256:` prefix and colons optional). */
+export function normalizePin(pin: string): string {
   const hex = pin.replace(/^sha256:/i, '').replace(/:/g, '').toLowerCase();
   if (!/^[0-9a-f]{64}$/.test(hex)) throw new Error('server.tls_pin must be sha256:<64 hex digits of the certificate DER>');
   return hex;
