@@ -333,13 +333,13 @@ export class ShedServerTransport implements Transport {
       if (!(outcome instanceof Error)) {
         const { status, text } = outcome;
         if (status === 204 || status === 200) return;
-        const code = errorCode(text);
-        if (status === 404 && code === 'SHED_NOT_CONNECTED') {
+        const error = apiError(text);
+        if (status === 404 && error?.code === 'SHED_NOT_CONNECTED') {
           throw new Error(`shed ${shed} is no longer connected to shed-server; ${what} was dropped`);
         }
-        if (status < 500) throw new Error(`shed-server refused ${what}: ${this.explainStatus(status, code, text)}`);
+        if (status < 500) throw new Error(`shed-server refused ${what}: ${this.explainStatus(status, error)}`);
       }
-      const reason = outcome instanceof Error ? outcome.message : `${outcome.status} ${errorCode(outcome.text) ?? ''}`.trim();
+      const reason = outcome instanceof Error ? outcome.message : `${outcome.status} ${apiError(outcome.text)?.code ?? ''}`.trim();
       if (attempt >= delays.length || this.stopping) {
         throw new Error(`could not deliver ${what} to ${this.base.origin} after ${attempt + 1} attempts: ${reason}`);
       }
@@ -409,7 +409,8 @@ export class ShedServerTransport implements Transport {
   }
 
   private describeStatus(namespace: string, status: number, type: string, text: string): [string, 'warn' | 'error'] {
-    const code = errorCode(text);
+    const error = apiError(text);
+    const code = error?.code;
     const where = `subscribing to ${namespace} on ${this.base.origin}`;
     if (status === 409) {
       return [`${where}: another listener holds namespace ${namespace} on ${this.base.origin} (409 ${code ?? 'NAMESPACE_ALREADY_REGISTERED'}): stop the other shed-host-agent`, 'error'];
@@ -417,10 +418,11 @@ export class ShedServerTransport implements Transport {
     if (status === 200) {
       return [`${where}: the answer is ${type || 'untyped'}, not an event stream; check that server.url points at shed-server`, 'error'];
     }
-    return [`${where}: ${this.explainStatus(status, code, text)}`, status >= 500 ? 'warn' : 'error'];
+    return [`${where}: ${this.explainStatus(status, error)}`, status >= 500 ? 'warn' : 'error'];
   }
 
-  private explainStatus(status: number, code: string | undefined, text: string): string {
+  private explainStatus(status: number, error: { code: string; message: string } | undefined): string {
+    const code = error?.code;
     const label = `${status}${code ? ` ${code}` : ''}`;
     switch (status) {
       case 401:
@@ -430,11 +432,11 @@ export class ShedServerTransport implements Transport {
           ? `${label}: system: namespaces are reserved to shed; remove it from server.namespaces`
           : `${label}: shed-server does not let this client in; check server.token_file or the client certificate`;
       case 400:
-        return `${label}: ${apiMessage(text) ?? 'shed-server refused the request'}; check server.namespaces and the shed-server version`;
+        return `${label}: ${error?.message ?? 'shed-server refused the request'}; check server.namespaces and the shed-server version`;
       case 404:
         return `${label}: no plugin API at ${this.base.origin}; check server.url points at shed-server`;
       default:
-        return `${label}${apiMessage(text) ? `: ${apiMessage(text)}` : ''}`;
+        return `${label}${error ? `: ${error.message}` : ''}`;
     }
   }
 }
@@ -514,19 +516,11 @@ function readText(res: http.IncomingMessage, limit: number): Promise<string> {
   });
 }
 
-function errorCode(text: string): string | undefined {
+/** The `{"error":{"code","message"}}` body of a plugin API answer, cut to log size; undefined when it has none. */
+function apiError(text: string): { code: string; message: string } | undefined {
   try {
     const parsed = ApiErrorBody.safeParse(JSON.parse(text));
-    return parsed.success ? parsed.data.error.code.slice(0, 64) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function apiMessage(text: string): string | undefined {
-  try {
-    const parsed = ApiErrorBody.safeParse(JSON.parse(text));
-    return parsed.success ? parsed.data.error.message.slice(0, 200) : undefined;
+    return parsed.success ? { code: parsed.data.error.code.slice(0, 64), message: parsed.data.error.message.slice(0, 200) } : undefined;
   } catch {
     return undefined;
   }
