@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
-import { AuditLog, auditFiles } from '../../host-broker/audit/audit-log.js';
+import { AuditLog, auditFiles, SYNC_INTERVAL_MS } from '../../host-broker/audit/audit-log.js';
 import { AUDIT_FIELDS, auditLine, parseAuditLine, type AuditEntry } from '../../host-broker/audit/audit.js';
 import { memoryLogger } from '../../protocol/log.js';
 import { tempDir } from '../support/procs.js';
@@ -70,6 +70,22 @@ describe('audit log', () => {
     expect(text.split('\n')).to.have.length(2);
     expect(parseAuditLine(text.trim())!.detail).to.equal('two\nlines\r\u2028and "quotes"');
     expect(mode(file)).to.equal(0o600);
+  });
+
+  it('syncs the first line at once, then at most one datasync per interval, and the last lines before close', async () => {
+    const file = path.join(dir, 'audit.log');
+    const log = new AuditLog(file);
+    await log.write(entry(0));
+    expect(log.syncs, 'a line after a quiet spell is synced without waiting').to.equal(1);
+    const started = performance.now();
+    for (let i = 1; i <= 300; i++) await log.write(entry(i));
+    const elapsed = performance.now() - started;
+    // Back to back, each write could have had a sync of its own; the interval caps them.
+    expect(log.syncs).to.be.at.most(2 + Math.ceil(elapsed / SYNC_INTERVAL_MS));
+    const before = log.syncs;
+    await log.close();
+    expect(log.syncs, 'the lines written since the last sync are synced at close').to.equal(before + 1);
+    expect(readAll(file)).to.have.length(301);
   });
 
   it('rotates by size under concurrent writes without losing, duplicating, reordering or tearing a line', async function () {
