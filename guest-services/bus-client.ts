@@ -4,11 +4,12 @@
  * (`unix:/abs/path.sock`), with a deadline, and every failure mapped to a
  * BusError that says what happened and what to do.
  *
- * Imports are kept to node:http and the envelope schemas: the docker helper
- * starts a process per registry operation and pays for every module loaded.
+ * Imports are kept to node:net (http1.ts) and the envelope schemas: the
+ * docker helper starts a process per registry operation and pays for every
+ * module loaded.
  */
-import http from 'node:http';
 import { ApiErrorBody, Envelope, isErrorPayload, type Payload } from '../protocol/envelope.js';
+import { Http1Connection, Http1ProtocolError, postRequest, type Http1Response } from './http1.js';
 
 export const DEFAULT_PUBLISH_URL = 'http://127.0.0.1:498/v1/publish';
 export const DEFAULT_DEADLINE_MS = 3000;
@@ -96,20 +97,20 @@ export interface CallOptions {
   deadlineMs?: number;
 }
 
+/** Idle connections kept for reuse. */
+const MAX_IDLE = 8;
+
 export class BusClient {
   readonly target: PublishTarget;
   readonly deadlineMs: number;
-  private readonly agent: http.Agent;
+  /** Keep-alive: the ssh agent signs several times per login, each on an open connection. */
+  private readonly idle: Http1Connection[] = [];
+  private readonly busy = new Set<Http1Connection>();
+  private closed = false;
 
   constructor(options: BusClientOptions = {}) {
     this.target = parsePublishUrl(options.publishUrl ?? DEFAULT_PUBLISH_URL);
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
-    // Keep-alive: the ssh agent signs several times per login; reusing the
-    // connection keeps the added latency well under a millisecond. An empty
-    // servername spares Node computing a TLS server name (net.isIP, which
-    // compiles its IPv6 pattern) for each plain-HTTP connection: ~7 ms of the
-    // one-shot docker helper's start-up.
-    this.agent = new http.Agent({ keepAlive: true, maxSockets: 64, servername: '' } as http.AgentOptions);
   }
 
   /**
@@ -133,69 +134,74 @@ export class BusClient {
     }
   }
 
-  /** Release pooled connections. */
+  /** Release the connections; calls in flight fail. */
   close(): void {
-    this.agent.destroy();
+    this.closed = true;
+    for (const c of this.idle.splice(0)) c.destroy();
+    for (const c of this.busy) c.destroy();
+    this.busy.clear();
   }
 
   private request(namespace: string, payload: Payload, deadlineMs: number): Promise<Envelope> {
-    const body = JSON.stringify({ namespace, type: 'request', payload });
-    const t = this.target;
+    const message = postRequest(this.target, this.target.path, JSON.stringify({ namespace, type: 'request', payload }));
     return new Promise<Envelope>((resolve, reject) => {
       let settled = false;
-      let current: http.ClientRequest | undefined;
+      let current: Http1Connection | undefined;
+      const timer = setTimeout(() => {
+        settled = true;
+        reject(new BusError(
+          'deadline',
+          'DEADLINE',
+          `no answer on ${namespace} within ${formatMs(deadlineMs)}: shed-host-agent may not be running`,
+          HOST_AGENT_START_HINT,
+        ));
+        current?.destroy();
+      }, deadlineMs);
       const finish = (fn: () => void) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
         fn();
       };
-      const send = (mayRetry: boolean) => {
-        const req = http.request(
-          {
-            agent: this.agent,
-            method: 'POST',
-            socketPath: t.socketPath,
-            host: t.host,
-            port: t.port,
-            path: t.path,
-            headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-          },
-          (res) => {
-            const chunks: Buffer[] = [];
-            res.on('data', (c: Buffer) => chunks.push(c));
-            res.on('error', (err) => finish(() => reject(this.transportError(err, namespace))));
-            res.on('end', () => finish(() => {
-              try {
-                resolve(this.interpret(res.statusCode ?? 0, Buffer.concat(chunks).toString('utf8'), namespace));
-              } catch (err) {
-                reject(err);
-              }
-            }));
-          },
-        );
-        current = req;
-        req.on('error', (err: NodeJS.ErrnoException) => {
+      const send = async (mayRetry: boolean): Promise<Http1Response> => {
+        let conn = this.idle.pop();
+        while (conn && !conn.reusable) conn = this.idle.pop();
+        const reused = conn !== undefined;
+        conn ??= await Http1Connection.connect(this.target);
+        if (settled || this.closed) {
+          conn.destroy();
+          throw Object.assign(new Error('the client was closed'), { code: 'ECONNRESET' });
+        }
+        current = conn;
+        this.busy.add(conn);
+        try {
+          const response = await conn.request(message);
+          if (conn.reusable && !this.closed && this.idle.length < MAX_IDLE) this.idle.push(conn);
+          else conn.destroy();
+          return response;
+        } catch (err) {
+          conn.destroy();
           // A pooled connection that the peer closed while idle (a restart,
-          // its keep-alive timeout) fails when reused: retry once on a new one.
-          if (mayRetry && req.reusedSocket && err.code === 'ECONNRESET' && !settled) {
-            send(false);
-            return;
-          }
-          finish(() => reject(this.transportError(err, namespace)));
-        });
-        req.end(body);
+          // its keep-alive timeout) fails before any answer: retry once on a new one.
+          const code = (err as NodeJS.ErrnoException).code;
+          if (mayRetry && reused && !conn.answered && (code === 'ECONNRESET' || code === 'EPIPE') && !settled) return send(false);
+          throw err;
+        } finally {
+          this.busy.delete(conn);
+        }
       };
-      const timer = setTimeout(() => {
-        finish(() => reject(new BusError(
-          'deadline',
-          'DEADLINE',
-          `no answer on ${namespace} within ${formatMs(deadlineMs)}: shed-host-agent may not be running`,
-          HOST_AGENT_START_HINT,
-        )));
-        current?.destroy();
-      }, deadlineMs);
-      send(true);
+      send(true).then(
+        (res) => finish(() => {
+          try {
+            resolve(this.interpret(res.status, res.body.toString('utf8'), namespace));
+          } catch (err) {
+            reject(err);
+          }
+        }),
+        (err: Error) => finish(() => reject(err instanceof Http1ProtocolError
+          ? new BusError('malformed', 'MALFORMED_RESPONSE', `${this.target.url} answered with broken HTTP: ${err.message}`, MISMATCH_HINT)
+          : this.transportError(err, namespace))),
+      );
     });
   }
 
