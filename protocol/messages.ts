@@ -1,9 +1,24 @@
 /** Building envelopes: a request as shed-agent forwards it, a response as a listener answers it. */
+import { randomFillSync } from 'node:crypto';
 import { v7 as uuidv7 } from 'uuid';
 import type { Envelope, Payload, ShedInfo } from './envelope.js';
 
+/**
+ * Random bytes for ids, drawn from the CSPRNG 4 KiB at a time: uuid asks for
+ * 16 bytes per id, and each call into the CSPRNG costs ~25 µs on a small VM
+ * (two ids per request).
+ */
+const pool = Buffer.alloc(4096);
+let poolAt = pool.length;
+
+/** A UUIDv7: the time in milliseconds, then 74 random bits. */
 export function newId(): string {
-  return uuidv7();
+  if (poolAt + 16 > pool.length) {
+    randomFillSync(pool);
+    poolAt = 0;
+  }
+  const random = pool.subarray(poolAt, (poolAt += 16));
+  return uuidv7({ random });
 }
 
 export function nowTimestamp(): string {
