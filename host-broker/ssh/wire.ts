@@ -96,6 +96,8 @@ export interface UserAuthRequest {
  * follow the last field).
  */
 export function parseUserAuthRequest(data: Buffer): UserAuthRequest | undefined {
+  // Most data that is not a login fails here, without the cost of a thrown error.
+  if (data.length < 5 || data.readUInt32BE(0) + 5 > data.length || data[data.readUInt32BE(0) + 4] !== SSH2_MSG_USERAUTH_REQUEST) return undefined;
   try {
     const r = new WireReader(data);
     const sessionId = r.string();

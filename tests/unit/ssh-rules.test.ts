@@ -113,6 +113,9 @@ describe('ssh rules', () => {
       expect(parseUserAuthRequest(userauth('publickey', key, [Buffer.from([0])]))).to.equal(undefined);
       expect(parseUserAuthRequest(userauth('password', key))).to.equal(undefined);
       expect(parseUserAuthRequest(Buffer.from('SSHSIG'))).to.equal(undefined);
+      const full = userauth('publickey', key);
+      for (let n = 0; n < full.length; n++) expect(parseUserAuthRequest(full.subarray(0, n)), `first ${n} bytes`).to.equal(undefined);
+      expect(parseUserAuthRequest(Buffer.concat([sshString(sid), Buffer.from([51]), full.subarray(sid.length + 5)]))).to.equal(undefined);
     });
 
     it('reads the namespace of SSHSIG data, and nothing from other data', () => {
