@@ -129,39 +129,48 @@ type Call = (payload: Record<string, unknown>, deadlineMs?: number) => Promise<R
  */
 function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number, log: Logger): void {
   /**
-   * REQUEST_IDENTITIES and SIGN_REQUEST go through ssh2's AgentProtocol, a
-   * fresh one per message and only once the frame is known to be exactly
-   * well formed: its parser leaves the body of a message it does not serve
-   * in its buffer, and stops reading after a sign request it cannot parse.
+   * REQUEST_IDENTITIES and SIGN_REQUEST go through ssh2's AgentProtocol, one
+   * per connection (a fresh one per message costs ~3 times as much), fed
+   * only frames known to be exactly well formed: its parser leaves the body
+   * of a message it does not serve in its buffer, and stops reading after a
+   * sign request it cannot parse. Frames are answered one at a time, so its
+   * next reply is the current frame's.
    */
-  const answerStandard = (frame: Buffer): Promise<Buffer> => new Promise<Buffer>((resolve) => {
-    const proto = new ssh2.AgentProtocol(false);
-    proto.once('data', (reply: Buffer) => {
-      resolve(reply);
-      proto.destroy();
-    });
-    proto.on('error', (err: Error) => {
+  let proto: InstanceType<typeof ssh2.AgentProtocol> | undefined;
+  let reply: ((frame: Buffer) => void) | undefined;
+  const answered = (frame: Buffer) => {
+    const r = reply;
+    reply = undefined;
+    r?.(frame);
+  };
+
+  const protocol = (): InstanceType<typeof ssh2.AgentProtocol> => {
+    if (proto) return proto;
+    const p = new ssh2.AgentProtocol(false);
+    proto = p;
+    p.on('data', answered);
+    p.on('error', (err: Error) => {
       log.debug(`agent protocol error: ${err.message}`);
-      resolve(FAILURE);
+      if (proto === p) proto = undefined;
+      answered(FAILURE);
     });
 
-    proto.on('identities', (req) => {
+    p.on('identities', (req) => {
       call({ operation: 'list' })
         .then((answer) => {
           const parsed = SshListResponse.safeParse(answer);
           if (!parsed.success) throw new Error('the host answered list with something that is not a key list');
           const keys = parsed.data.keys.map((k) => ({ pubKey: { pubKey: Buffer.from(k.blob, 'base64'), comment: k.comment } }));
-          proto.getIdentitiesReply(req, keys as never);
+          p.getIdentitiesReply(req, keys as never);
         })
         .catch((err: Error) => {
           logRefusal(log, 'listing keys', err);
-          proto.failureReply(req);
+          p.failureReply(req);
         });
     });
 
-    proto.on('sign', (req, pubKey, data, flags) => {
+    p.on('sign', (req, pubKey, data, flags) => {
       const blob = pubKey.getPublicSSH();
-      const fp = fingerprint(blob);
       const flagBits = flags.hash === 'sha256' ? 2 : flags.hash === 'sha512' ? 4 : 0;
       call({ operation: 'sign', public_key: blob.toString('base64'), data: data.toString('base64'), flags: flagBits }, signDeadlineMs)
         .then((answer) => {
@@ -172,15 +181,19 @@ function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number,
           if (parsed.data.format !== expected || parsed.data.rest) {
             throw new Error(`the host signed as ${parsed.data.format.slice(0, 64)} where ${expected} was asked`);
           }
-          proto.signReply(req, Buffer.from(parsed.data.blob, 'base64'));
+          p.signReply(req, Buffer.from(parsed.data.blob, 'base64'));
         })
         .catch((err: Error) => {
-          logRefusal(log, `signing with ${fp}`, err);
-          proto.failureReply(req);
+          logRefusal(log, `signing with ${fingerprint(blob)}`, err);
+          p.failureReply(req);
         });
     });
+    return p;
+  };
 
-    proto.write(frame);
+  const answerStandard = (frame: Buffer): Promise<Buffer> => new Promise<Buffer>((resolve) => {
+    reply = resolve;
+    protocol().write(frame);
   });
 
   const answerExtension = async (frame: Buffer): Promise<Buffer> => {
@@ -251,6 +264,7 @@ function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number,
     void pump();
   });
   socket.on('error', () => socket.destroy());
+  socket.once('close', () => proto?.destroy());
 }
 
 /** `string key_blob, string data, uint32 flags` and nothing more, with a key ssh2 can parse. */
@@ -266,7 +280,22 @@ function isSignRequest(frame: Buffer): boolean {
   };
   const key = skipString();
   if (!key || !skipString() || p + 4 !== frame.length) return false;
-  return !(ssh2.utils.parseKey(key) instanceof Error);
+  return parsableKey(key);
+}
+
+/** Key blobs ssh2 parsed before: a login signs with the same few keys, and each parse costs a DER encoding. */
+const parsedKeys = new Map<string, boolean>();
+const MAX_PARSED_KEYS = 64;
+
+function parsableKey(blob: Buffer): boolean {
+  const id = blob.toString('base64');
+  let ok = parsedKeys.get(id);
+  if (ok === undefined) {
+    ok = !(ssh2.utils.parseKey(blob) instanceof Error);
+    if (parsedKeys.size >= MAX_PARSED_KEYS) parsedKeys.delete(parsedKeys.keys().next().value!);
+    parsedKeys.set(id, ok);
+  }
+  return ok;
 }
 
 interface Extension {
