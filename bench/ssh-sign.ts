@@ -7,10 +7,12 @@
  *
  *   node --import tsx bench/ssh-sign.ts [N]
  *
- * Every program is its own process, as in use: ssh-agent, shed-host-agent
- * run, shed-ext-ssh-agent (both from source through tsx), and this client,
- * which keeps one connection open to each agent socket, as ssh does during a
- * login. Target: at most 1 ms added at p50 over the direct agent.
+ * Every program is its own process, as in use, and the ones that ship:
+ * ssh-agent, `shed-host-agent run` from the tsc build (dist/, rebuilt here),
+ * `shed-ext-ssh-agent` as its esbuild bundle, and this client, which keeps
+ * one connection open to each agent socket, as ssh does during a login. The
+ * policy and the audit log live in separate directories, as by default.
+ * Target: at most 1 ms added at p50 over the direct agent.
  */
 import crypto from 'node:crypto';
 import net from 'node:net';
@@ -18,10 +20,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { execFileSync } from 'node:child_process';
 import { BusClient } from '../guest-services/bus-client.js';
+import { bundleGuest } from '../guest-services/bundle.js';
 import { AgentClient } from '../host-broker/ssh/agent-client.js';
 import { keyLineBlob } from '../host-broker/ssh/rules.js';
-import { binCommand, capture, spawnTracked, stopAll, tempDir, waitFor } from '../tests/support/procs.js';
+import { capture, REPO_ROOT, spawnTracked, stopAll, tempDir, waitFor } from '../tests/support/procs.js';
 import { makeKey, startRealAgent } from '../tests/support/sshd.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -45,24 +49,28 @@ async function main(): Promise<void> {
   const key = await makeKey(dir, 'id_ed25519', 'ed25519');
   const hostAgent = await startRealAgent(path.join(dir, 'host-agent.sock'), [key]);
 
-  const socks = path.join(dir, 'socks');
-  const config = path.join(dir, 'extensions.yaml');
+  // What ships: the broker's tsc build and the guest agent's bundle.
+  execFileSync(process.execPath, [path.join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', path.join(REPO_ROOT, 'tsconfig.build.json')], { stdio: 'inherit' });
+  const guestBundle = (await bundleGuest({ outDir: path.join(dir, 'bundle'), only: ['shed-ext-ssh-agent'] })).bundles[0]!.file;
+
+  const socks = path.join(dir, 'state', 'socks');
+  const auditPath = path.join(dir, 'state', 'audit.log');
+  const config = path.join(dir, 'config', 'extensions.yaml');
+  fs.mkdirSync(path.dirname(config), { mode: 0o700 });
   fs.writeFileSync(config, JSON.stringify({
     version: 1,
     direct: { sockets_dir: socks },
-    audit: { path: path.join(dir, 'audit.log') },
+    audit: { path: auditPath },
     // The rate limit is raised out of the way: it guards against runaway guests, not what this measures.
     sheds: { bench: { ssh: { mode: 'agent-forward', agent_socket: hostAgent.sock }, limits: { ssh: { per_minute: 10_000_000, burst: 1_000_000 } } } },
   }), { mode: 0o600 });
-  const [bcmd, bargs] = binCommand('shed-host-agent', ['run', '--config', config]);
-  const broker = spawnTracked(bcmd, bargs, { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
+  const broker = spawnTracked(process.execPath, [path.join(REPO_ROOT, 'dist/host-broker/cli/main.js'), 'run', '--config', config], { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
   const brokerOut = capture(broker);
   await waitFor(() => fs.existsSync(path.join(socks, 'bench.sock')) || broker.exitCode !== null, 20_000, 'shed-host-agent');
   if (broker.exitCode !== null) throw new Error(`shed-host-agent exited: ${brokerOut.stderr()}`);
 
   const guestSock = path.join(dir, 'guest', 'agent.sock');
-  const [gcmd, gargs] = binCommand('shed-ext-ssh-agent', ['--sock', guestSock, '--publish-url', `unix:${path.join(socks, 'bench.sock')}`]);
-  const guest = spawnTracked(gcmd, gargs, { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
+  const guest = spawnTracked(process.execPath, [guestBundle, '--sock', guestSock, '--publish-url', `unix:${path.join(socks, 'bench.sock')}`], { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
   const guestOut = capture(guest);
   await waitFor(() => fs.existsSync(path.join(dir, 'guest', 'ssh-agent.status')) || guest.exitCode !== null, 20_000, 'shed-ext-ssh-agent');
   if (guest.exitCode !== null) throw new Error(`shed-ext-ssh-agent exited: ${guestOut.stderr()}`);
@@ -131,7 +139,7 @@ async function main(): Promise<void> {
   bus.close();
 
   // The whole path really ran: one audit line per sign, with the fingerprint.
-  const audited = fs.readFileSync(path.join(dir, 'audit.log'), 'utf8').split('\n').filter((l) => l.includes('"op":"sign"') && l.includes(key.fingerprint));
+  const audited = fs.readFileSync(auditPath, 'utf8').split('\n').filter((l) => l.includes('"op":"sign"') && l.includes(key.fingerprint));
   if (audited.length < N + busSignSamples.length) throw new Error(`expected ${N} audited signs, found ${audited.length}`);
 
   const s = figures(shedSamples);
@@ -148,7 +156,7 @@ async function main(): Promise<void> {
     '## ssh-sign',
     '',
     `\`node --import tsx bench/ssh-sign.ts ${N}\` — ${new Date().toISOString().slice(0, 10)}, ${machine}, load average ${load} at the end.`,
-    `${N} ed25519 SSH_AGENTC_SIGN_REQUESTs, one at a time on one open connection, through the whole path (client → shed-ext-ssh-agent socket → bus on a direct broker socket → shed-host-agent with policy and its audit file → the real OpenSSH ssh-agent), against the same ${N} sent straight to that ssh-agent, interleaved in batches of ${BATCH} after ${WARMUP} warm-up signs each. Each program is its own process.`,
+    `${N} ed25519 SSH_AGENTC_SIGN_REQUESTs, one at a time on one open connection, through the whole path (client → shed-ext-ssh-agent socket → bus on a direct broker socket → shed-host-agent with policy and its audit file → the real OpenSSH ssh-agent), against the same ${N} sent straight to that ssh-agent, interleaved in batches of ${BATCH} after ${WARMUP} warm-up signs each. Each program is its own process, run as shipped: shed-host-agent from its tsc build, shed-ext-ssh-agent as its bundle.`,
     '',
     '| | p50 | p99 | mean |',
     '|---|---|---|---|',
