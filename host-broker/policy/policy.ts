@@ -52,6 +52,7 @@ export class Policy {
   readonly notices: string[];
   readonly shedsDir: string | undefined;
   private readonly locator: ((path: KeyPath) => Position | undefined) | undefined;
+  private auditSettings: Policy['audit'] | undefined;
 
   constructor(
     readonly doc: PolicyDocument,
@@ -96,14 +97,18 @@ export class Policy {
     return s ? { ...s, url: s.url ?? DEFAULT_SERVER_URL } : undefined;
   }
 
-  get audit(): { path: string; maxBytes: number; keep: number; required: boolean } {
-    const a = this.doc.audit ?? {};
-    return {
-      path: path.resolve(expandHome(a.path ?? DEFAULT_AUDIT_PATH)),
-      maxBytes: a.max_bytes ?? 10 * 1024 * 1024,
-      keep: a.keep ?? 5,
-      required: a.required ?? false,
-    };
+  /** Read on every request (audit.required): worked out once. */
+  get audit(): Readonly<{ path: string; maxBytes: number; keep: number; required: boolean }> {
+    if (!this.auditSettings) {
+      const a = this.doc.audit ?? {};
+      this.auditSettings = Object.freeze({
+        path: path.resolve(expandHome(a.path ?? DEFAULT_AUDIT_PATH)),
+        maxBytes: a.max_bytes ?? 10 * 1024 * 1024,
+        keep: a.keep ?? 5,
+        required: a.required ?? false,
+      });
+    }
+    return this.auditSettings;
   }
 }
 
