@@ -13,16 +13,13 @@
  * loading node:http at start-up.
  */
 import net from 'node:net';
+import { bodyFraming, Http1ProtocolError, keepsAlive, readChunked, readHead, type BodyFraming } from '../protocol/http1.js';
+
+export { Http1ProtocolError };
 
 /** The largest response accepted: answers are a few kilobytes. */
 export const MAX_RESPONSE_BYTES = 4 * 1024 * 1024;
 const MAX_HEAD_BYTES = 64 * 1024;
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-
-/** The peer's answer is not HTTP/1.1 as this client reads it. */
-export class Http1ProtocolError extends Error {
-  override readonly name = 'Http1ProtocolError';
-}
 
 export interface Http1Response {
   status: number;
@@ -43,108 +40,25 @@ export function postRequest(endpoint: Http1Endpoint, path: string, json: string)
   return Buffer.concat([Buffer.from(head, 'latin1'), body]);
 }
 
-interface Head {
+interface ResponseHead {
   status: number;
-  /** Where the body starts in the buffer. */
   bodyAt: number;
-  framing: { kind: 'length'; length: number } | { kind: 'chunked' } | { kind: 'close' };
+  framing: BodyFraming;
   keepAlive: boolean;
 }
 
 /** The response head at the start of `buf`, or undefined until it is all there. */
-function parseHead(buf: Buffer): Head | undefined {
-  const end = buf.indexOf('\r\n\r\n');
-  if (end < 0) {
-    if (buf.length > MAX_HEAD_BYTES) throw new Http1ProtocolError(`response headers longer than ${MAX_HEAD_BYTES} bytes`);
-    return undefined;
-  }
-  const lines = buf.subarray(0, end).toString('latin1').split('\r\n');
-  const statusLine = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(lines[0]!);
-  if (!statusLine) throw new Http1ProtocolError(`not an HTTP/1.x status line: ${JSON.stringify(lines[0]!.slice(0, 40))}`);
-  const minor = Number(statusLine[1]);
+function parseHead(buf: Buffer): ResponseHead | undefined {
+  const head = readHead(buf, MAX_HEAD_BYTES);
+  if (!head) return undefined;
+  const statusLine = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(head.startLine);
+  if (!statusLine) throw new Http1ProtocolError(`not an HTTP/1.x status line: ${JSON.stringify(head.startLine.slice(0, 40))}`);
   const status = Number(statusLine[2]);
-  const lengths = new Set<string>();
-  let chunked = false;
-  let connection = '';
-  for (const line of lines.slice(1)) {
-    const colon = line.indexOf(':');
-    const name = colon > 0 ? line.slice(0, colon) : '';
-    if (!TOKEN.test(name)) throw new Http1ProtocolError(`malformed header line ${JSON.stringify(line.slice(0, 40))}`);
-    const value = line.slice(colon + 1).trim();
-    switch (name.toLowerCase()) {
-      case 'content-length':
-        for (const v of value.split(',')) lengths.add(v.trim());
-        break;
-      case 'transfer-encoding': {
-        const codings = value.toLowerCase().split(',').map((c) => c.trim()).filter(Boolean);
-        if (codings.length !== 1 || codings[0] !== 'chunked') throw new Http1ProtocolError(`unsupported transfer-encoding ${JSON.stringify(value.slice(0, 40))}`);
-        chunked = true;
-        break;
-      }
-      case 'connection':
-        connection += `,${value.toLowerCase()}`;
-        break;
-    }
-  }
-  const tokens = connection.split(',').map((t) => t.trim());
-  let keepAlive = minor === 1 ? !tokens.includes('close') : tokens.includes('keep-alive');
-  let framing: Head['framing'];
-  if (status < 200 || status === 204 || status === 304) {
-    framing = { kind: 'length', length: 0 };
-  } else if (chunked) {
-    framing = { kind: 'chunked' };
-    // RFC 9112 6.3: with both, the encoding wins and the connection must not be reused.
-    if (lengths.size) keepAlive = false;
-  } else if (lengths.size) {
-    const [only] = lengths;
-    if (lengths.size !== 1 || !/^\d{1,10}$/.test(only!)) throw new Http1ProtocolError('invalid or conflicting content-length');
-    const length = Number(only);
-    if (length > MAX_RESPONSE_BYTES) throw new Http1ProtocolError(`response body of ${length} bytes is larger than ${MAX_RESPONSE_BYTES}`);
-    framing = { kind: 'length', length };
-  } else {
-    framing = { kind: 'close' };
-    keepAlive = false;
-  }
-  return { status, bodyAt: end + 4, framing, keepAlive };
-}
-
-/**
- * A whole chunked body at the start of `buf`: its data and the bytes it took,
- * or undefined until it is all there (trailers are read and dropped).
- */
-function parseChunked(buf: Buffer): { body: Buffer; used: number } | undefined {
-  const parts: Buffer[] = [];
-  let size = 0;
-  let pos = 0;
-  for (;;) {
-    const eol = buf.indexOf('\r\n', pos);
-    if (eol < 0) {
-      if (buf.length - pos > 1024) throw new Http1ProtocolError('chunk size line too long');
-      return undefined;
-    }
-    const hex = buf.subarray(pos, eol).toString('latin1').split(';')[0]!.trim();
-    if (!/^[0-9a-fA-F]{1,8}$/.test(hex)) throw new Http1ProtocolError(`invalid chunk size ${JSON.stringify(hex.slice(0, 20))}`);
-    const n = parseInt(hex, 16);
-    pos = eol + 2;
-    if (n === 0) break;
-    size += n;
-    if (size > MAX_RESPONSE_BYTES) throw new Http1ProtocolError(`response body larger than ${MAX_RESPONSE_BYTES} bytes`);
-    if (buf.length < pos + n + 2) return undefined;
-    if (buf[pos + n] !== 0x0d || buf[pos + n + 1] !== 0x0a) throw new Http1ProtocolError('chunk not followed by CRLF');
-    parts.push(buf.subarray(pos, pos + n));
-    pos += n + 2;
-  }
-  // Trailer fields, up to the empty line.
-  for (;;) {
-    const eol = buf.indexOf('\r\n', pos);
-    if (eol < 0) {
-      if (buf.length - pos > MAX_HEAD_BYTES) throw new Http1ProtocolError('chunked trailer too long');
-      return undefined;
-    }
-    const empty = eol === pos;
-    pos = eol + 2;
-    if (empty) return { body: Buffer.concat(parts), used: pos };
-  }
+  let keepAlive = keepsAlive(head, Number(statusLine[1]));
+  let framing = bodyFraming(head, MAX_RESPONSE_BYTES, { kind: 'close' });
+  if (status < 200 || status === 204 || status === 304) framing = { kind: 'length', length: 0 };
+  if (framing.kind === 'close') keepAlive = false;
+  return { status, bodyAt: head.bodyAt, framing, keepAlive };
 }
 
 interface Waiter {
@@ -155,7 +69,7 @@ interface Waiter {
 /** One connection; one request at a time. */
 export class Http1Connection {
   private buf: Buffer = Buffer.alloc(0);
-  private head: Head | undefined;
+  private head: ResponseHead | undefined;
   private waiter: Waiter | undefined;
   private ended = false;
   /** Whether any byte of the current response has arrived (a request that got none may be retried). */
@@ -262,7 +176,7 @@ export class Http1Connection {
         return { status, body: Buffer.from(rest.subarray(0, framing.length)) };
       }
       if (framing.kind === 'chunked') {
-        const parsed = parseChunked(rest);
+        const parsed = readChunked(rest, MAX_RESPONSE_BYTES);
         if (!parsed) return undefined;
         this.buf = rest.subarray(parsed.used);
         return { status, body: parsed.body };
