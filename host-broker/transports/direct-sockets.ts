@@ -6,13 +6,13 @@
  * capability, so sockets are 0600 in a 0700 directory.
  */
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { PUBLISH_API_STATUS, PublishApiCode } from '../../protocol/codes.js';
 import { AGENT_WAIT_LIMIT_MS, apiErrorBody, isShedName, MAX_BODY_BYTES, type Payload } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
 import { requestEnvelope, responseEnvelope } from '../../protocol/messages.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
+import { Http1Server, type Http1Reply, type Http1Request } from './http1-server.js';
 import type { RequestSink, Transport } from './transport.js';
 
 /** sun_path is 108 bytes on Linux and 104 on macOS, NUL included. */
@@ -26,12 +26,15 @@ export interface DirectSocketsOptions {
   waitLimitMs?: number;
 }
 
+/** Answers a request still waiting for the host. */
+type Respond = (reply: Http1Reply) => void;
+
 interface Served {
-  server: http.Server;
+  server: Http1Server;
   path: string;
   /** Inode of the socket file we bound, so shutdown removes only our own file. */
   ino: number;
-  pending: Set<http.ServerResponse>;
+  pending: Set<Respond>;
 }
 
 export class DirectSockets implements Transport {
@@ -87,15 +90,17 @@ export class DirectSockets implements Transport {
     if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
       throw new Error(`socket path ${socketPath} is longer than the ${MAX_SOCKET_PATH_BYTES} bytes unix sockets allow; set direct.sockets_dir to a shorter directory`);
     }
-    const pending = new Set<http.ServerResponse>();
-    const server = http.createServer((req, res) => this.onRequest(shed, req, res, pending));
-    server.keepAliveTimeout = 60_000;
-    await listenPrivate(server, socketPath, {
+    const pending = new Set<Respond>();
+    const server = new Http1Server((req, respond, onClose) => this.onRequest(shed, req, respond, onClose, pending), {
+      maxBodyBytes: MAX_BODY_BYTES,
+      refusal: (status, message) => ({ status, body: JSON.stringify(apiErrorBody(status === 413 ? PublishApiCode.BODY_TOO_LARGE : httpCode(status), message)) }),
+    });
+    await listenPrivate(server.server, socketPath, {
       notSocket: `${socketPath} exists and is not a socket; move it away so the broker can serve this shed`,
       live: `another process is serving ${socketPath}; stop the other shed-host-agent first`,
       onStale: (p) => this.options.log.info(`removed stale socket ${p}`),
     });
-    server.on('error', (err) => this.options.log.error(`socket for shed ${shed}: ${err.message}`));
+    server.server.on('error', (err) => this.options.log.error(`socket for shed ${shed}: ${err.message}`));
     this.served.set(shed, { server, path: socketPath, ino: fs.statSync(socketPath).ino, pending });
     this.options.log.info(`serving shed ${shed} on ${socketPath}`);
   }
@@ -104,14 +109,11 @@ export class DirectSockets implements Transport {
     const served = this.served.get(shed);
     if (!served) return;
     this.served.delete(shed);
-    for (const res of served.pending) {
-      sendError(res, PublishApiCode.SHUTTING_DOWN, 'the host broker is stopping or no longer serves this shed');
+    for (const respond of served.pending) {
+      respond(errorReply(PublishApiCode.SHUTTING_DOWN, 'the host broker is stopping or no longer serves this shed'));
     }
     served.pending.clear();
-    await new Promise<void>((resolve) => {
-      served.server.close(() => resolve());
-      served.server.closeAllConnections();
-    });
+    await served.server.close();
     try {
       if (fs.lstatSync(served.path).ino === served.ino) fs.unlinkSync(served.path);
     } catch {
@@ -120,104 +122,84 @@ export class DirectSockets implements Transport {
     this.options.log.info(`closed the socket of shed ${shed}`);
   }
 
-  private onRequest(shed: string, req: http.IncomingMessage, res: http.ServerResponse, pending: Set<http.ServerResponse>): void {
-    const url = (req.url ?? '').split('?')[0];
+  private onRequest(shed: string, req: Http1Request, respond: Respond, onClose: (fn: () => void) => void, pending: Set<Respond>): void {
+    const url = req.target.split('?')[0];
     if (url !== '/v1/publish') {
-      sendJson(res, 404, apiErrorBody('NOT_FOUND', `no such endpoint ${url}; the bus API is POST /v1/publish`));
-      req.resume();
+      respond(jsonReply(404, apiErrorBody('NOT_FOUND', `no such endpoint ${url}; the bus API is POST /v1/publish`)));
       return;
     }
     if (req.method !== 'POST') {
-      res.setHeader('allow', 'POST');
-      sendJson(res, 405, apiErrorBody('METHOD_NOT_ALLOWED', '/v1/publish takes POST'));
-      req.resume();
+      respond({ ...jsonReply(405, apiErrorBody('METHOD_NOT_ALLOWED', '/v1/publish takes POST')), fields: { allow: 'POST' } });
       return;
     }
-    if (Number(req.headers['content-length'] ?? 0) > MAX_BODY_BYTES) {
-      refuseTooLarge(req, res);
-      return;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > MAX_BODY_BYTES) {
-        refuseTooLarge(req, res);
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('end', () => {
-      if (size > MAX_BODY_BYTES) return;
-      this.onBody(shed, Buffer.concat(chunks).toString('utf8'), res, pending);
-    });
-  }
-
-  private onBody(shed: string, text: string, res: http.ServerResponse, pending: Set<http.ServerResponse>): void {
     if (this.stopping || !this.sink) {
-      sendError(res, PublishApiCode.SHUTTING_DOWN, 'the host broker is stopping');
+      respond(errorReply(PublishApiCode.SHUTTING_DOWN, 'the host broker is stopping'));
       return;
     }
     let body: unknown;
     try {
-      body = JSON.parse(text);
+      body = JSON.parse(req.body.toString('utf8'));
     } catch {
-      sendError(res, PublishApiCode.INVALID_BODY, 'the body is not JSON');
+      respond(errorReply(PublishApiCode.INVALID_BODY, 'the body is not JSON'));
       return;
     }
     if (typeof body !== 'object' || body === null || Array.isArray(body)) {
-      sendError(res, PublishApiCode.INVALID_BODY, 'the body must be a JSON object');
+      respond(errorReply(PublishApiCode.INVALID_BODY, 'the body must be a JSON object'));
       return;
     }
     const { namespace, type = 'request', payload = {} } = body as Record<string, unknown>;
     if (typeof namespace !== 'string' || namespace === '') {
-      sendError(res, PublishApiCode.MISSING_NAMESPACE, 'the body has no namespace');
+      respond(errorReply(PublishApiCode.MISSING_NAMESPACE, 'the body has no namespace'));
       return;
     }
     if (type !== 'request' && type !== 'event') {
-      sendError(res, PublishApiCode.INVALID_TYPE, 'type must be "request" or "event"');
+      respond(errorReply(PublishApiCode.INVALID_TYPE, 'type must be "request" or "event"'));
       return;
     }
     if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) {
-      sendError(res, PublishApiCode.INVALID_BODY, 'payload must be a JSON object');
+      respond(errorReply(PublishApiCode.INVALID_BODY, 'payload must be a JSON object'));
       return;
     }
     const envelope = requestEnvelope(namespace, payload as Payload, { name: shed, backend: 'direct-socket' }, type);
     if (type === 'event') {
-      res.writeHead(202).end();
+      respond({ status: 202, body: '' });
       this.sink(envelope, shed, async () => undefined);
       return;
     }
-    pending.add(res);
     const timer = setTimeout(() => {
-      if (pending.delete(res)) sendError(res, PublishApiCode.TIMEOUT, `no response within ${this.waitLimitMs / 1000} s`);
+      if (pending.delete(respond)) respond(errorReply(PublishApiCode.TIMEOUT, `no response within ${this.waitLimitMs / 1000} s`));
     }, this.waitLimitMs);
-    res.on('close', () => {
+    pending.add(respond);
+    onClose(() => {
       clearTimeout(timer);
-      pending.delete(res);
+      pending.delete(respond);
     });
     this.sink(envelope, shed, async (answer) => {
       clearTimeout(timer);
-      if (!pending.delete(res)) return;
-      sendJson(res, 200, responseEnvelope(envelope, answer));
+      if (!pending.delete(respond)) return;
+      respond(jsonReply(200, responseEnvelope(envelope, answer)));
     });
   }
 }
 
-function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
-  if (res.headersSent || res.destroyed) return;
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) }).end(text);
+function jsonReply(status: number, body: unknown): Http1Reply {
+  return { status, body: JSON.stringify(body) };
 }
 
-function sendError(res: http.ServerResponse, code: PublishApiCode, message: string): void {
-  sendJson(res, PUBLISH_API_STATUS[code], apiErrorBody(code, message));
+function errorReply(code: PublishApiCode, message: string): Http1Reply {
+  return jsonReply(PUBLISH_API_STATUS[code], apiErrorBody(code, message));
 }
 
-function refuseTooLarge(req: http.IncomingMessage, res: http.ServerResponse): void {
-  res.setHeader('connection', 'close');
-  sendError(res, PublishApiCode.BODY_TOO_LARGE, `the body is larger than ${MAX_BODY_BYTES} bytes`);
-  req.resume();
+/** The error code of a request the HTTP layer refused. */
+function httpCode(status: number): string {
+  switch (status) {
+    case 408:
+      return 'REQUEST_TIMEOUT';
+    case 431:
+      return 'HEADERS_TOO_LARGE';
+    default:
+      return 'BAD_REQUEST';
+  }
 }
 
 /** Create the sockets directory 0700, owned by us; tighten it if it is looser. */

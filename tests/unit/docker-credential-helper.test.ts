@@ -151,6 +151,7 @@ describe('docker-credential-shed (helper protocol)', () => {
       'guest-services/http1.ts',
       'protocol/docker-credentials.ts',
       'protocol/envelope.ts',
+      'protocol/http1.ts',
       'protocol/version.ts',
     ]);
     const packages = new Set(inputs.filter((i) => i.startsWith('node_modules/')).map((i) => i.split('/').slice(1, 3).join('/')));
