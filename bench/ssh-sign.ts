@@ -170,7 +170,7 @@ async function main(): Promise<void> {
     '',
     '| | p50 | p99 | mean |',
     '|---|---|---|---|',
-    `| sign on the bus, no guest agent (dispatcher, policy, limits, audit line written (synced in the background), handler, ssh-agent) | ${f(b.p50)} | ${f(b.p99)} | ${f(b.mean)} |`,
+    `| sign on the bus, no guest agent (dispatcher, policy, limits, audit line written (synced at most every 100 ms, in the background), handler, ssh-agent) | ${f(b.p50)} | ${f(b.p99)} | ${f(b.mean)} |`,
     `| ping on the bus (HTTP over the unix socket and the dispatcher only) | ${f(p.p50)} | ${f(p.p99)} | ${f(p.mean)} |`,
     `| one bare process hop: 200 bytes to an echo process and back over a unix socket | ${f(h.p50)} | ${f(h.p99)} | ${f(h.mean)} |`,
     '',
