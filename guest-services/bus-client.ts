@@ -147,8 +147,11 @@ export class BusClient {
     return new Promise<Envelope>((resolve, reject) => {
       let settled = false;
       let current: Http1Connection | undefined;
+      /** A new connection on its way, abandoned at the deadline. */
+      let connecting: AbortController | undefined;
       const timer = setTimeout(() => {
         settled = true;
+        connecting?.abort();
         reject(new BusError(
           'deadline',
           'DEADLINE',
@@ -167,7 +170,10 @@ export class BusClient {
         let conn = this.idle.pop();
         while (conn && !conn.reusable) conn = this.idle.pop();
         const reused = conn !== undefined;
-        conn ??= await Http1Connection.connect(this.target);
+        if (!conn) {
+          connecting = new AbortController();
+          conn = await Http1Connection.connect(this.target, connecting.signal);
+        }
         if (settled || this.closed) {
           conn.destroy();
           throw Object.assign(new Error('the client was closed'), { code: 'ECONNRESET' });

@@ -91,15 +91,28 @@ export class Http1Connection {
     });
   }
 
-  /** Connect; rejects with the socket's error (ENOENT, ECONNREFUSED, EACCES, ...). */
-  static connect(endpoint: Http1Endpoint): Promise<Http1Connection> {
+  /**
+   * Connect; rejects with the socket's error (ENOENT, ECONNREFUSED, EACCES,
+   * ...), or at once when `signal` aborts (the caller's deadline).
+   */
+  static connect(endpoint: Http1Endpoint, signal?: AbortSignal): Promise<Http1Connection> {
     return new Promise((resolve, reject) => {
       const socket = endpoint.socketPath
         ? net.createConnection(endpoint.socketPath)
         : net.createConnection({ host: endpoint.host, port: endpoint.port ?? 80 });
-      const onError = (err: Error) => reject(err);
+      const onAbort = () => {
+        socket.destroy();
+        reject(Object.assign(new Error('connect abandoned'), { code: 'ECONNABORTED' }));
+      };
+      const onError = (err: Error) => {
+        signal?.removeEventListener('abort', onAbort);
+        reject(err);
+      };
+      if (signal?.aborted) return onAbort();
+      signal?.addEventListener('abort', onAbort, { once: true });
       socket.once('error', onError);
       socket.once('connect', () => {
+        signal?.removeEventListener('abort', onAbort);
         socket.off('error', onError);
         resolve(new Http1Connection(socket));
       });
