@@ -48,3 +48,15 @@ export function fingerprint(blob: Buffer): string {
 /** Sign flags of the agent protocol. */
 export const SSH_AGENT_RSA_SHA2_256 = 2;
 export const SSH_AGENT_RSA_SHA2_512 = 4;
+
+/** Message numbers of the agent protocol (draft-miller-ssh-agent) that either side reads or writes. */
+export const SSH_AGENT_FAILURE = 5;
+export const SSH_AGENT_SUCCESS = 6;
+export const SSH_AGENTC_REQUEST_IDENTITIES = 11;
+export const SSH_AGENT_IDENTITIES_ANSWER = 12;
+export const SSH_AGENTC_SIGN_REQUEST = 13;
+export const SSH_AGENT_SIGN_RESPONSE = 14;
+export const SSH_AGENTC_EXTENSION = 27;
+
+/** OpenSSH's limit on one agent message. */
+export const AGENT_MAX_MESSAGE = 256 * 1024;

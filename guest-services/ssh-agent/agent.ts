@@ -18,7 +18,10 @@ import path from 'node:path';
 import ssh2 from 'ssh2';
 import type { Logger } from '../../protocol/log.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
-import { fingerprint, SshListResponse, SshSignResponse } from '../../protocol/ssh-agent.js';
+import {
+  AGENT_MAX_MESSAGE, fingerprint, SSH_AGENT_FAILURE, SSH_AGENT_RSA_SHA2_256, SSH_AGENT_RSA_SHA2_512, SSH_AGENT_SUCCESS,
+  SSH_AGENTC_EXTENSION, SSH_AGENTC_REQUEST_IDENTITIES, SSH_AGENTC_SIGN_REQUEST, SshListResponse, SshSignResponse,
+} from '../../protocol/ssh-agent.js';
 import { BusClient, BusError } from '../bus-client.js';
 import { StatusFile } from '../status-file.js';
 
@@ -26,13 +29,6 @@ export const DEFAULT_SOCK = '/run/shed-extensions/ssh-agent.sock';
 export const STATUS_FILE = 'ssh-agent.status';
 const NS = 'ssh-agent';
 
-const SSH_AGENT_FAILURE = 5;
-const SSH_AGENT_SUCCESS = 6;
-const SSH_AGENTC_REQUEST_IDENTITIES = 11;
-const SSH_AGENTC_SIGN_REQUEST = 13;
-const SSH_AGENTC_EXTENSION = 27;
-/** OpenSSH's limit on one agent message; a longer one closes the connection, as ssh-agent does. */
-export const MAX_MESSAGE = 256 * 1024;
 /** Frames read ahead of the one being answered before the connection stops reading. */
 const MAX_QUEUED = 16;
 
@@ -171,7 +167,7 @@ function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number,
 
     p.on('sign', (req, pubKey, data, flags) => {
       const blob = pubKey.getPublicSSH();
-      const flagBits = flags.hash === 'sha256' ? 2 : flags.hash === 'sha512' ? 4 : 0;
+      const flagBits = flags.hash === 'sha256' ? SSH_AGENT_RSA_SHA2_256 : flags.hash === 'sha512' ? SSH_AGENT_RSA_SHA2_512 : 0;
       call({ operation: 'sign', public_key: blob.toString('base64'), data: data.toString('base64'), flags: flagBits }, signDeadlineMs)
         .then((answer) => {
           const parsed = SshSignResponse.safeParse(answer);
@@ -251,8 +247,9 @@ function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number,
     buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
     while (buf.length >= 4) {
       const len = buf.readUInt32BE(0);
-      if (len > MAX_MESSAGE) {
-        log.warn(`closing an agent connection that sent a ${len}-byte message (limit ${MAX_MESSAGE})`);
+      // A longer message closes the connection, as ssh-agent does.
+      if (len > AGENT_MAX_MESSAGE) {
+        log.warn(`closing an agent connection that sent a ${len}-byte message (limit ${AGENT_MAX_MESSAGE})`);
         socket.destroy();
         return;
       }

@@ -5,16 +5,11 @@
  * reuse, so a sign costs one round trip on an open socket.
  */
 import net from 'node:net';
+import {
+  AGENT_MAX_MESSAGE, SSH_AGENT_FAILURE, SSH_AGENT_IDENTITIES_ANSWER, SSH_AGENT_SIGN_RESPONSE, SSH_AGENTC_REQUEST_IDENTITIES, SSH_AGENTC_SIGN_REQUEST,
+} from '../../protocol/ssh-agent.js';
 import { sshString, WireError, WireReader, parseSignature, type WireSignature } from './wire.js';
 
-const SSH_AGENT_FAILURE = 5;
-const SSH_AGENTC_REQUEST_IDENTITIES = 11;
-const SSH_AGENT_IDENTITIES_ANSWER = 12;
-const SSH_AGENTC_SIGN_REQUEST = 13;
-const SSH_AGENT_SIGN_RESPONSE = 14;
-
-/** OpenSSH's limit on one agent message. */
-export const AGENT_MAX_MESSAGE = 256 * 1024;
 const MAX_IDLE = 4;
 
 export interface AgentIdentity {

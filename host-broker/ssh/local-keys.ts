@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import ssh2, { type ParsedKey as Ssh2Key } from 'ssh2';
 import type { Logger } from '../../protocol/log.js';
+import { SSH_AGENT_RSA_SHA2_256, SSH_AGENT_RSA_SHA2_512 } from '../../protocol/ssh-agent.js';
 import { fingerprint, sshString, type WireSignature } from './wire.js';
 
 /** ssh2's key; its `sign` returns an Error instead of throwing. */
@@ -114,8 +115,8 @@ export function signWithLocalKey(key: LocalKey, data: Buffer, flags: number): Wi
   let algo: string | undefined;
   switch (key.type) {
     case 'ssh-rsa':
-      if (flags & 2) [format, algo] = ['rsa-sha2-256', 'sha256'];
-      else if (flags & 4) [format, algo] = ['rsa-sha2-512', 'sha512'];
+      if (flags & SSH_AGENT_RSA_SHA2_256) [format, algo] = ['rsa-sha2-256', 'sha256'];
+      else if (flags & SSH_AGENT_RSA_SHA2_512) [format, algo] = ['rsa-sha2-512', 'sha512'];
       else algo = 'sha1';
       break;
     case 'ecdsa-sha2-nistp256':
