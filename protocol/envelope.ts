@@ -23,6 +23,9 @@ export function isShedName(value: string): boolean {
 /** Largest publish body shed-agent accepts, and largest SSE data line shed-server sends. */
 export const MAX_BODY_BYTES = 1024 * 1024;
 
+/** The longest namespace name an envelope may carry. */
+export const MAX_NAMESPACE_LENGTH = 128;
+
 /** shed-agent's own wait limit for a request. */
 export const AGENT_WAIT_LIMIT_MS = 30_000;
 
@@ -44,7 +47,7 @@ export type Payload = z.infer<typeof Payload>;
 
 export const Envelope = z.object({
   id: z.string().check(z.regex(UUID_RE)),
-  namespace: z.string().check(z.minLength(1), z.maxLength(128)),
+  namespace: z.string().check(z.minLength(1), z.maxLength(MAX_NAMESPACE_LENGTH)),
   type: MessageType,
   in_reply_to: z.optional(z.string()),
   final: z._default(z.boolean(), true),

@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { PUBLISH_API_STATUS, PublishApiCode } from '../../protocol/codes.js';
-import { AGENT_WAIT_LIMIT_MS, apiErrorBody, isShedName, MAX_BODY_BYTES, type Payload } from '../../protocol/envelope.js';
+import { AGENT_WAIT_LIMIT_MS, apiErrorBody, isShedName, MAX_BODY_BYTES, MAX_NAMESPACE_LENGTH, type Payload } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
 import { requestEnvelope, responseEnvelope } from '../../protocol/messages.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
@@ -150,6 +150,10 @@ export class DirectSockets implements Transport {
     const { namespace, type = 'request', payload = {} } = body as Record<string, unknown>;
     if (typeof namespace !== 'string' || namespace === '') {
       respond(errorReply(PublishApiCode.MISSING_NAMESPACE, 'the body has no namespace'));
+      return;
+    }
+    if (namespace.length > MAX_NAMESPACE_LENGTH) {
+      respond(errorReply(PublishApiCode.INVALID_BODY, `namespace is longer than ${MAX_NAMESPACE_LENGTH} characters`));
       return;
     }
     if (type !== 'request' && type !== 'event') {

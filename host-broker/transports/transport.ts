@@ -9,8 +9,9 @@ import type { Envelope, Payload } from '../../protocol/envelope.js';
 export type Reply = (payload: Payload) => Promise<void>;
 
 /**
- * Called for every request. The transport has validated the envelope's shape
- * far enough to know its id and shed; the dispatcher validates the rest.
+ * Called for every request. The envelope is whole and well formed: the
+ * transport checked it where it crossed into the broker (or built it from a
+ * checked body); the dispatcher checks what policy and the handlers decide.
  * `reply` is not called for requests that must go unanswered.
  */
 export type RequestSink = (envelope: Envelope, shed: string, reply: Reply) => void;

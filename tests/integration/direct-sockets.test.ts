@@ -72,6 +72,7 @@ describe('direct sockets transport', () => {
       ['[1,2]', 400, 'INVALID_BODY'],
       ['{"payload":{}}', 400, 'MISSING_NAMESPACE'],
       ['{"namespace":""}', 400, 'MISSING_NAMESPACE'],
+      [`{"namespace":"${'n'.repeat(129)}"}`, 400, 'INVALID_BODY'],
       ['{"namespace":"ssh-agent","type":"response"}', 400, 'INVALID_TYPE'],
       ['{"namespace":"ssh-agent","payload":"x"}', 400, 'INVALID_BODY'],
     ];

@@ -95,12 +95,12 @@ describe('dispatcher', () => {
     expect(seen).to.be.empty;
   });
 
-  it('refuses a request without an operation, and an envelope that is not one', async () => {
+  it('refuses a request without an operation, and one whose id is not a UUIDv7', async () => {
     const { send, dispatcher } = setup();
     expect(await send('alpha', {})).to.include({ code: 'INVALID_REQUEST' });
-    const bad = await dispatcher.dispatch({ id: 'nope', namespace: 'ssh-agent', type: 'request', payload: {} }, 'alpha');
+    const bad = await dispatcher.dispatch({ ...requestEnvelope('ssh-agent', { operation: 'list' }), id: 'nope' }, 'alpha');
     expect(bad).to.include({ code: 'INVALID_REQUEST' });
-    expect(String(bad!.error)).to.match(/id/);
+    expect(String(bad!.error)).to.match(/UUIDv7/);
   });
 
   it('answers each request id at most once', async () => {
