@@ -15,6 +15,7 @@ export class Http1ProtocolError extends Error {
 }
 
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const END_OF_HEAD = Buffer.from('\r\n\r\n', 'latin1');
 
 export interface Head {
   /** The start line: `POST /v1/publish HTTP/1.1` or `HTTP/1.1 200 OK`. */
@@ -27,13 +28,17 @@ export interface Head {
 
 /** The head at the start of `buf`, or undefined until all of it is there. */
 export function readHead(buf: Buffer, maxBytes: number): Head | undefined {
-  const end = buf.indexOf('\r\n\r\n');
+  const end = buf.indexOf(END_OF_HEAD);
   if ((end < 0 ? buf.length : end + 4) > maxBytes) throw new Http1ProtocolError(`headers longer than ${maxBytes} bytes`, 431);
   if (end < 0) return undefined;
-  const lines = buf.subarray(0, end).toString('latin1').split('\r\n');
+  const text = buf.toString('latin1', 0, end);
   const fields = new Map<string, string>();
-  for (let i = 1; i < lines.length; i++) {
-    const line = lines[i]!;
+  let eol = text.indexOf('\r\n');
+  const startLine = eol < 0 ? text : text.slice(0, eol);
+  while (eol >= 0) {
+    const from = eol + 2;
+    eol = text.indexOf('\r\n', from);
+    const line = eol < 0 ? text.slice(from) : text.slice(from, eol);
     const colon = line.indexOf(':');
     const name = colon > 0 ? line.slice(0, colon) : '';
     if (!TOKEN.test(name)) throw new Http1ProtocolError(`malformed header line ${JSON.stringify(line.slice(0, 40))}`);
@@ -42,7 +47,7 @@ export function readHead(buf: Buffer, maxBytes: number): Head | undefined {
     const seen = fields.get(key);
     fields.set(key, seen === undefined ? value : `${seen}, ${value}`);
   }
-  return { startLine: lines[0]!, fields, bodyAt: end + 4 };
+  return { startLine, fields, bodyAt: end + 4 };
 }
 
 export type BodyFraming = { kind: 'length'; length: number } | { kind: 'chunked' } | { kind: 'close' };
@@ -62,7 +67,8 @@ export function bodyFraming(head: Head, maxBody: number, otherwise: BodyFraming)
     return { kind: 'chunked' };
   }
   if (cl !== undefined) {
-    const values = new Set(cl.split(',').map((v) => v.trim()));
+    // One value, or the same repeated (RFC 9110 8.6); anything else is refused.
+    const values = new Set(cl.includes(',') ? cl.split(',').map((v) => v.trim()) : [cl]);
     const [only] = values;
     if (values.size !== 1 || !/^\d{1,10}$/.test(only!)) throw new Http1ProtocolError('invalid or conflicting content-length');
     const length = Number(only);
@@ -74,7 +80,9 @@ export function bodyFraming(head: Head, maxBody: number, otherwise: BodyFraming)
 
 /** Whether the connection stays open after this message (HTTP/1.1 unless `close`; HTTP/1.0 only with `keep-alive`). */
 export function keepsAlive(head: Head, minor: number): boolean {
-  const tokens = (head.fields.get('connection') ?? '').toLowerCase().split(',').map((t) => t.trim());
+  const connection = head.fields.get('connection');
+  if (connection === undefined) return minor === 1;
+  const tokens = connection.toLowerCase().split(',').map((t) => t.trim());
   return minor === 1 ? !tokens.includes('close') : tokens.includes('keep-alive');
 }
 
