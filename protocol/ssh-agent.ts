@@ -42,7 +42,7 @@ export type SshStatusResponse = z.infer<typeof SshStatusResponse>;
 
 /** `SHA256:<unpadded base64>` of a public key blob, exactly as `ssh-keygen -lf` prints it; the same on both sides. */
 export function fingerprint(blob: Buffer): string {
-  return `SHA256:${crypto.createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
+  return `SHA256:${crypto.hash('sha256', blob, 'base64').replace(/=+$/, '')}`;
 }
 
 /** Sign flags of the agent protocol. */
