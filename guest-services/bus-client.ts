@@ -9,7 +9,10 @@
  * module loaded.
  */
 import { ApiErrorBody, Envelope, isErrorPayload, type Payload } from '../protocol/envelope.js';
+import { compiledOnceHot } from '../protocol/compiled.js';
 import { Http1Connection, Http1ProtocolError, postRequest, type Http1Response } from './http1.js';
+
+const envelopeSchema = compiledOnceHot(Envelope);
 
 export const DEFAULT_PUBLISH_URL = 'http://127.0.0.1:498/v1/publish';
 export const DEFAULT_DEADLINE_MS = 3000;
@@ -226,7 +229,7 @@ export class BusClient {
       const { code, message } = parsed.data.error;
       throw new BusError('api', code, `publish on ${namespace} failed: ${message} (${status} ${code})`, apiHint(code), status);
     }
-    const parsed = Envelope.safeParse(json);
+    const parsed = envelopeSchema.safeParse(json);
     if (!parsed.success || parsed.data.type !== 'response') {
       throw new BusError('malformed', 'MALFORMED_RESPONSE', `${this.target.url} answered 200 with something that is not a response envelope`, MISMATCH_HINT, status);
     }

@@ -7,6 +7,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { Hono, type Context } from 'hono';
 import { AwsCredentialsResponse, toContainerCredentials } from '../../protocol/aws-credentials.js';
+import { compiledOnceHot } from '../../protocol/compiled.js';
 import type { Payload } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
 import { BusError } from '../bus-client.js';
@@ -30,6 +31,7 @@ export interface AwsAppOptions {
   onBusState?: (state: BusState) => void;
 }
 
+const credentialsResponse = compiledOnceHot(AwsCredentialsResponse);
 const JSON_HEADERS = { 'content-type': 'application/json', 'cache-control': 'no-store' };
 
 /** The error body the SDKs show: Python clients print it verbatim, so `Message` must say what to do. */
@@ -81,7 +83,7 @@ export function createAwsApp(options: AwsAppOptions): Hono {
       return errorBody(c, 503, err.code, `AWS credentials are unavailable: the host broker (shed-host-agent) did not answer: ${err.message}`, err.hint);
     }
     options.onBusState?.({ connected: true });
-    const parsed = AwsCredentialsResponse.safeParse(payload);
+    const parsed = credentialsResponse.safeParse(payload);
     if (!parsed.success) {
       log.error('the host answered get_credentials without the four credential fields');
       return errorBody(c, 502, 'MALFORMED_RESPONSE', 'the host answered without complete credentials; shed-host-agent and this guest may be different versions',

@@ -18,6 +18,7 @@ import path from 'node:path';
 import ssh2 from 'ssh2';
 import type { Logger } from '../../protocol/log.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
+import { compiledOnceHot } from '../../protocol/compiled.js';
 import {
   AGENT_MAX_MESSAGE, fingerprint, SSH_AGENT_FAILURE, SSH_AGENT_RSA_SHA2_256, SSH_AGENT_RSA_SHA2_512, SSH_AGENT_SUCCESS,
   SSH_AGENTC_EXTENSION, SSH_AGENTC_REQUEST_IDENTITIES, SSH_AGENTC_SIGN_REQUEST, SshListResponse, SshSignResponse,
@@ -28,6 +29,8 @@ import { StatusFile } from '../status-file.js';
 export const DEFAULT_SOCK = '/run/shed-extensions/ssh-agent.sock';
 export const STATUS_FILE = 'ssh-agent.status';
 const NS = 'ssh-agent';
+const listResponse = compiledOnceHot(SshListResponse);
+const signResponse = compiledOnceHot(SshSignResponse);
 
 /** Frames read ahead of the one being answered before the connection stops reading. */
 const MAX_QUEUED = 16;
@@ -154,7 +157,7 @@ function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number,
     p.on('identities', (req) => {
       call({ operation: 'list' })
         .then((answer) => {
-          const parsed = SshListResponse.safeParse(answer);
+          const parsed = listResponse.safeParse(answer);
           if (!parsed.success) throw new Error('the host answered list with something that is not a key list');
           const keys = parsed.data.keys.map((k) => ({ pubKey: { pubKey: Buffer.from(k.blob, 'base64'), comment: k.comment } }));
           p.getIdentitiesReply(req, keys as never);
@@ -170,7 +173,7 @@ function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number,
       const flagBits = flags.hash === 'sha256' ? SSH_AGENT_RSA_SHA2_256 : flags.hash === 'sha512' ? SSH_AGENT_RSA_SHA2_512 : 0;
       call({ operation: 'sign', public_key: blob.toString('base64'), data: data.toString('base64'), flags: flagBits }, signDeadlineMs)
         .then((answer) => {
-          const parsed = SshSignResponse.safeParse(answer);
+          const parsed = signResponse.safeParse(answer);
           if (!parsed.success) throw new Error('the host answered sign with something that is not a signature');
           // ssh2 keeps the signature format it will write (rsa-sha2-512, ssh-ed25519, ...) as the request's context; its typings omit it.
           const expected = (req as unknown as { getContext(): string }).getContext();

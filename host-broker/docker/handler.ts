@@ -10,6 +10,7 @@
  */
 import os from 'node:os';
 import { DockerCode } from '../../protocol/codes.js';
+import { compiledOnceHot } from '../../protocol/compiled.js';
 import { DockerGetRequest, type DockerGetResponse, type DockerListResponse, type DockerStatusResponse } from '../../protocol/docker-credentials.js';
 import { describeIssues, type Payload } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
@@ -36,6 +37,7 @@ interface Found {
 }
 
 const NS = 'docker-credentials';
+const getRequest = compiledOnceHot(DockerGetRequest);
 
 export function createDockerHandler(deps: DockerHandlerDeps): NamespaceHandler {
   const env = deps.env ?? process.env;
@@ -70,7 +72,7 @@ export function createDockerHandler(deps: DockerHandlerDeps): NamespaceHandler {
   }
 
   async function get(payload: Payload, ctx: RequestContext): Promise<DockerGetResponse> {
-    const parsed = DockerGetRequest.safeParse(payload);
+    const parsed = getRequest.safeParse(payload);
     if (!parsed.success) {
       throw new BrokerError('INVALID_REQUEST', `get needs {"server_url": "<registry>"}: ${describeIssues(parsed.error)}`);
     }

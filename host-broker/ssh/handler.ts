@@ -15,6 +15,7 @@
  */
 import os from 'node:os';
 import { CommonCode, SshCode } from '../../protocol/codes.js';
+import { compiledOnceHot } from '../../protocol/compiled.js';
 import { describeIssues, type Payload } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
 import { SshBindRequest, SshSignRequest, type SshBindResponse, type SshKey, type SshListResponse, type SshSignResponse, type SshStatusResponse } from '../../protocol/ssh-agent.js';
@@ -27,6 +28,8 @@ import { hostKeyDecision, keyDecision, signingNamespaceDecision } from './rules.
 import { blobType, describeKey, fingerprint, looksLikeSshsig, parseSshsigNamespace, parseUserAuthRequest, type WireSignature } from './wire.js';
 
 const NS = 'ssh-agent';
+const signRequest = compiledOnceHot(SshSignRequest);
+const bindRequest = compiledOnceHot(SshBindRequest);
 
 export interface SshHandlerDeps {
   log: Logger;
@@ -175,7 +178,7 @@ export function createSshHandler(deps: SshHandlerDeps): NamespaceHandler {
   }
 
   async function sign(payload: Payload, ctx: RequestContext): Promise<SshSignResponse> {
-    const parsed = SshSignRequest.safeParse(payload);
+    const parsed = signRequest.safeParse(payload);
     if (!parsed.success) {
       throw new BrokerError(CommonCode.INVALID_REQUEST, `sign needs {"public_key","data","flags"} in base64: ${describeIssues(parsed.error)}`);
     }
@@ -262,7 +265,7 @@ export function createSshHandler(deps: SshHandlerDeps): NamespaceHandler {
   }
 
   async function bind(payload: Payload, ctx: RequestContext): Promise<SshBindResponse> {
-    const parsed = SshBindRequest.safeParse(payload);
+    const parsed = bindRequest.safeParse(payload);
     if (!parsed.success) {
       throw new BrokerError(CommonCode.INVALID_REQUEST, `bind needs {"hostkey","session_id","signature"} in base64 and "is_forwarding": ${describeIssues(parsed.error)}`);
     }

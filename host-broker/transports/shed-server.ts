@@ -20,6 +20,7 @@ import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import { CommonCode } from '../../protocol/codes.js';
+import { compiledOnceHot } from '../../protocol/compiled.js';
 import { ApiErrorBody, describeIssues, Envelope, errorPayload, isShedName, MAX_BODY_BYTES } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
 import { newId, nowTimestamp, responseEnvelope } from '../../protocol/messages.js';
@@ -63,6 +64,7 @@ export interface ShedServerOptions {
 
 /** The largest SSE event accepted: a 1 MiB publish body plus the envelope around it, with room for escaping. */
 const MAX_EVENT_CHARS = 2 * MAX_BODY_BYTES;
+const envelopeSchema = compiledOnceHot(Envelope);
 
 interface Subscription {
   namespace: string;
@@ -268,7 +270,7 @@ export class ShedServerTransport implements Transport {
       this.options.log.warn(`${namespace} stream: dropped an event whose data is not JSON (${event.data.length} characters)`);
       return;
     }
-    const parsed = Envelope.safeParse(raw);
+    const parsed = envelopeSchema.safeParse(raw);
     const problem = !parsed.success
       ? `invalid envelope: ${describeIssues(parsed.error)}`
       : parsed.data.namespace !== namespace

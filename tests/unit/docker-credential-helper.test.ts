@@ -149,6 +149,7 @@ describe('docker-credential-shed (helper protocol)', () => {
       'guest-services/docker-credential/helper.ts',
       'guest-services/docker-credential/main.ts',
       'guest-services/http1.ts',
+      'protocol/compiled.ts',
       'protocol/docker-credentials.ts',
       'protocol/envelope.ts',
       'protocol/http1.ts',
