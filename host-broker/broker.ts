@@ -4,6 +4,8 @@
  * request in flight keeps the one it started with) and moves direct sockets
  * to follow the sheds the policy names.
  */
+import { compile } from 'zod/mini';
+import { compileHotSchemas } from '../protocol/compiled.js';
 import type { Logger } from '../protocol/log.js';
 import { Approvals } from './approval/approvals.js';
 import { AuditLog } from './audit/audit-log.js';
@@ -64,6 +66,7 @@ export class Broker {
 
   async start(): Promise<void> {
     const { log } = this.options;
+    compileHotSchemas(compile);
     this.current = this.options.loadPolicy();
     const policy = this.current;
     if (!this.options.approver) {

@@ -6,12 +6,22 @@
  * generated one does not accept, and 3 to 4 times faster, which is ~10 µs a
  * request per schema on a small VM between two other processes' work. It
  * costs 1 to 8 ms to generate, so a schema is compiled only after it has
- * parsed COMPILE_AFTER values: the services compile theirs in their first
- * requests, and a one-shot program (docker-credential-shed) never pays.
+ * parsed COMPILE_AFTER values, and only in a program that opted in at start
+ * with `compileHotSchemas(z.compile)`: the services do; the one-shot docker
+ * helper does not, and its bundle leaves zod's compiler out (it would double
+ * the file it loads on every registry operation).
  */
-import * as z from 'zod/mini';
+import type * as z from 'zod/mini';
 
 export const COMPILE_AFTER = 8;
+
+type Compile = <T extends z.ZodMiniType>(schema: T) => T;
+let compile: Compile | undefined;
+
+/** Let schemas wrapped by compiledOnceHot compile from now on (pass zod/mini's `compile`). */
+export function compileHotSchemas(fn: Compile): void {
+  compile = fn;
+}
 
 export interface CompiledSchema<T extends z.ZodMiniType> {
   safeParse(value: unknown): ReturnType<T['safeParse']>;
@@ -24,7 +34,7 @@ export function compiledOnceHot<T extends z.ZodMiniType>(schema: T): CompiledSch
   let fast: T | undefined;
   return {
     safeParse(value: unknown) {
-      if (!fast && ++uses >= COMPILE_AFTER) fast = z.compile(schema);
+      if (!fast && compile && ++uses >= COMPILE_AFTER) fast = compile(schema);
       return (fast ?? schema).safeParse(value) as ReturnType<T['safeParse']>;
     },
     get compiled() {

@@ -6,6 +6,8 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { createAdaptorServer } from '@hono/node-server';
+import { compile } from 'zod/mini';
+import { compileHotSchemas } from '../../protocol/compiled.js';
 import type { Logger } from '../../protocol/log.js';
 import { BusClient, BusError } from '../bus-client.js';
 import { createAwsApp, NAMESPACE } from './app.js';
@@ -41,6 +43,7 @@ export function isLoopbackHost(host: string): boolean {
 
 export async function startAwsEndpoint(options: EndpointOptions): Promise<RunningEndpoint> {
   const { log } = options;
+  compileHotSchemas(compile);
   const bus = new BusClient({ publishUrl: options.publishUrl, deadlineMs: options.deadlineMs });
   const status = new StatusFile(options.statusDir && path.join(options.statusDir, STATUS_FILE), log);
   const app = createAwsApp({ bus, authToken: options.authToken, log, onBusState: (s) => status.set(s) });

@@ -16,9 +16,10 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import ssh2 from 'ssh2';
+import { compile } from 'zod/mini';
 import type { Logger } from '../../protocol/log.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
-import { compiledOnceHot } from '../../protocol/compiled.js';
+import { compiledOnceHot, compileHotSchemas } from '../../protocol/compiled.js';
 import {
   AGENT_MAX_MESSAGE, fingerprint, SSH_AGENT_FAILURE, SSH_AGENT_RSA_SHA2_256, SSH_AGENT_RSA_SHA2_512, SSH_AGENT_SUCCESS,
   SSH_AGENTC_EXTENSION, SSH_AGENTC_REQUEST_IDENTITIES, SSH_AGENTC_SIGN_REQUEST, SshListResponse, SshSignResponse,
@@ -61,6 +62,7 @@ export interface RunningAgent {
 /** Start serving; resolves once the socket listens and the startup ping has been answered or given up on. */
 export async function startSshAgent(options: SshAgentOptions): Promise<RunningAgent> {
   const { sockPath, log } = options;
+  compileHotSchemas(compile);
   const bus = new BusClient({ publishUrl: options.publishUrl, deadlineMs: options.deadlineMs ?? 5_000 });
   const signDeadlineMs = options.signDeadlineMs ?? 30_000;
   const statusPath = path.join(path.dirname(sockPath), STATUS_FILE);
