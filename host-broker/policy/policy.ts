@@ -12,10 +12,10 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { SHED_NAME_RE } from '../../protocol/envelope.js';
+import { AGENT_WAIT_LIMIT_MS, SHED_NAME_RE } from '../../protocol/envelope.js';
 import { expandHome, resolveShed, type EffectiveShed } from './effective.js';
 import { isLegacy, LegacyDocument, legacyNotice, legacyPath, translateLegacy } from './legacy.js';
-import { PolicyDocument, ShedSections } from './schema.js';
+import { formatDuration, PolicyDocument, ShedSections } from './schema.js';
 import { formatIssue, YamlSource, type KeyPath, type PolicyIssue, type Position } from './source.js';
 import { validate } from './validate.js';
 
@@ -190,7 +190,23 @@ export function loadPolicyFile(file: string): Policy {
     const own = p[0] === 'sheds' && typeof p[1] === 'string' ? sources.get(p[1]) : undefined;
     return own ? own.locate(p.slice(2)) : mainLocate(p);
   };
-  return new Policy({ ...doc, sheds }, files, { notices, locate, shedsDir });
+  const policy = new Policy({ ...doc, sheds }, files, { notices, locate, shedsDir });
+  notices.push(...lateApprovalNotices(policy));
+  return policy;
+}
+
+/**
+ * An approval gate that may take as long as a guest waits for its answer
+ * (shed-agent's 30 s) approves requests nobody is waiting for any more.
+ */
+function lateApprovalNotices(policy: Policy): string[] {
+  const late = [...policy.namedSheds(), ...(policy.hasWildcard() ? ['*'] : [])]
+    .map((name) => ({ name, approval: policy.resolve(name)!.approval }))
+    .filter(({ approval }) => approval.gate !== 'none' && approval.timeout >= AGENT_WAIT_LIMIT_MS);
+  if (late.length === 0) return [];
+  const timeouts = [...new Set(late.map(({ approval }) => formatDuration(approval.timeout)))].join(', ');
+  const names = late.slice(0, 5).map(({ name }) => (name === '*' ? '"*"' : name)).join(', ') + (late.length > 5 ? ` and ${late.length - 5} more` : '');
+  return [`notice: approval.timeout (${timeouts}) for ${names} is not shorter than the ${AGENT_WAIT_LIMIT_MS / 1000} s a guest waits for an answer: a request approved after that has already failed in the shed (per-session and per-shed approvals still serve its retry); set approval.timeout below ${AGENT_WAIT_LIMIT_MS / 1000}s, e.g. 25s`];
 }
 
 interface ShedFile {

@@ -286,3 +286,35 @@ function escape(text: string): string {
 }
 
 export type { Policy };
+
+describe('policy: approval timeouts a guest outwaits', () => {
+  const load = (yaml: string) => loadPolicyFile(policyDir({ 'extensions.yaml': yaml }));
+
+  it('defaults the gate timeout to 25 s, inside the 30 s a guest waits for its answer', () => {
+    const policy = load('version: 1\nsheds:\n  alpha:\n    approval: { gate: command, command: [/bin/true] }\n');
+    expect(policy.resolve('alpha')!.approval.timeout).to.equal(25_000);
+    expect(policy.notices).to.deep.equal([]);
+  });
+
+  it('gives notice, naming the sheds, when a gate may answer after the guest has given up', () => {
+    const policy = load([
+      'version: 1',
+      'defaults:',
+      '  approval: { timeout: 1m }',
+      'sheds:',
+      '  alpha:',
+      '    approval: { gate: command, command: [/bin/true] }',
+      '  beta:',
+      '    approval: { gate: command, command: [/bin/true], timeout: 20s }',
+      '  gamma: {}',
+      '  "*":',
+      '    approval: { gate: command, command: [/bin/true], timeout: 30s }',
+      '',
+    ].join('\n'));
+    expect(policy.notices).to.have.length(1);
+    const notice = policy.notices[0]!;
+    expect(notice).to.match(/^notice: approval\.timeout \(1m, 30s\) for alpha, "\*" is not shorter than the 30 s a guest waits/);
+    expect(notice).to.include('set approval.timeout below 30s');
+    expect(notice).not.to.match(/beta|gamma/);
+  });
+});
