@@ -135,7 +135,11 @@ export class Broker {
       this.options.log.error(`policy reload refused, the previous policy stays in force: ${(err as Error).message}`);
       return err as Error;
     }
+    const previous = this.current;
     this.current = next;
+    for (const section of transportChanges(previous, next)) {
+      this.options.log.warn(`policy reload: ${section} changed, but transports are set up at start; restart shed-host-agent to apply it (the running ones keep their settings)`);
+    }
     if (this.audit instanceof AuditLog && !this.options.audit) {
       this.audit.configure(next.audit.path, { maxBytes: next.audit.maxBytes, keep: next.audit.keep });
     }
@@ -158,4 +162,13 @@ export class Broker {
     await this.dispatcher?.close();
     await this.audit?.close?.();
   }
+}
+
+/** The transport sections (`server:`, `direct:`) that differ between two policies. */
+function transportChanges(before: Policy | undefined, after: Policy): string[] {
+  if (!before) return [];
+  const changed: string[] = [];
+  if (JSON.stringify(before.server) !== JSON.stringify(after.server)) changed.push('server:');
+  if (JSON.stringify(before.direct) !== JSON.stringify(after.direct)) changed.push('direct:');
+  return changed;
 }

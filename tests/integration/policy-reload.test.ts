@@ -197,6 +197,27 @@ describe('policy reload: direct sockets and requests in flight', () => {
     }
   });
 
+  it('says a changed direct: or server: section needs a restart, and keeps serving as before', async () => {
+    const s = await start('direct', rolePolicy(ROLE_A), [createAwsHandler({ log: memoryLogger('aws') })]);
+    try {
+      const elsewhere = path.join(path.dirname(s.file), 'other-socks');
+      writeAtomically(s.file, `version: 1\ndirect: { sockets_dir: ${elsewhere} }\nserver: { url: "http://127.0.0.1:9" }\n${rolePolicy(ROLE_B)}`);
+      await waitFor(() => s.log.lines.some((l) => l.includes('restart shed-host-agent to apply')), 10_000, 'the reload');
+      const warned = s.log.lines.filter((l) => l.includes('restart shed-host-agent to apply'));
+      expect(warned.map((l) => /reload: (\S+) changed/.exec(l)?.[1]).sort()).to.deep.equal(['direct:', 'server:']);
+      expect(fs.existsSync(elsewhere)).to.equal(false);
+      const client = new BusClient({ publishUrl: s.publishUrl('alpha'), deadlineMs: 5000 });
+      try {
+        // The rest of the edit applies.
+        expect((await client.publish('aws-credentials', { operation: 'status' })).role).to.equal(ROLE_B);
+      } finally {
+        client.close();
+      }
+    } finally {
+      await s.stop();
+    }
+  });
+
   it('a request in flight finishes under the policy it started with', async () => {
     let release: () => void = () => undefined;
     const gate = new Promise<void>((r) => (release = r));
