@@ -1,8 +1,8 @@
 /**
  * The one place where transports meet namespaces: refuse what the shed's
- * policy does not admit, answer `ping`, route to the
- * handler, record the outcome in the audit log before the answer leaves, and
- * answer each request id at most once.
+ * policy does not admit, answer `ping`, route to the handler, record the
+ * outcome in the audit log before the answer leaves, and answer each request
+ * id at most once.
  */
 import { CommonCode } from '../protocol/codes.js';
 import { errorPayload, isErrorPayload, type Envelope, type Namespace, type Payload } from '../protocol/envelope.js';
