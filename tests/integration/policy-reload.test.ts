@@ -87,6 +87,16 @@ async function start(kind: 'direct' | 'shed', body: string, handlers: NamespaceH
   };
 }
 
+/** The role the aws-credentials namespace reports for the shed behind `publishUrl`. */
+async function roleServed(publishUrl: string): Promise<unknown> {
+  const client = new BusClient({ publishUrl, deadlineMs: 5000 });
+  try {
+    return (await client.publish('aws-credentials', { operation: 'status' })).role;
+  } finally {
+    client.close();
+  }
+}
+
 const rolePolicy = (role: string) => `sheds:\n  alpha:\n    aws: { role: ${role} }\n  beta: {}\n`;
 
 for (const kind of ['direct', 'shed'] as const) {
@@ -186,12 +196,7 @@ describe('policy reload: direct sockets and requests in flight', () => {
       writeAtomically(s.file, s.policy(`sheds:\n  alpha: {}\n  gamma:\n    aws: { role: ${ROLE_B} }\n`));
       await waitFor(() => fs.existsSync(path.join(socks, 'gamma.sock')) && !fs.existsSync(path.join(socks, 'beta.sock')), 10_000, 'the sockets to follow');
       expect(fs.statSync(path.join(socks, 'gamma.sock')).mode & 0o777).to.equal(0o600);
-      const client = new BusClient({ publishUrl: s.publishUrl('gamma'), deadlineMs: 5000 });
-      try {
-        expect((await client.publish('aws-credentials', { operation: 'status' })).role).to.equal(ROLE_B);
-      } finally {
-        client.close();
-      }
+      expect(await roleServed(s.publishUrl('gamma'))).to.equal(ROLE_B);
     } finally {
       await s.stop();
     }
@@ -206,13 +211,8 @@ describe('policy reload: direct sockets and requests in flight', () => {
       const warned = s.log.lines.filter((l) => l.includes('restart shed-host-agent to apply'));
       expect(warned.map((l) => /reload: (\S+) changed/.exec(l)?.[1]).sort()).to.deep.equal(['direct:', 'server:']);
       expect(fs.existsSync(elsewhere)).to.equal(false);
-      const client = new BusClient({ publishUrl: s.publishUrl('alpha'), deadlineMs: 5000 });
-      try {
-        // The rest of the edit applies.
-        expect((await client.publish('aws-credentials', { operation: 'status' })).role).to.equal(ROLE_B);
-      } finally {
-        client.close();
-      }
+      // The rest of the edit applies.
+      expect(await roleServed(s.publishUrl('alpha'))).to.equal(ROLE_B);
     } finally {
       await s.stop();
     }
