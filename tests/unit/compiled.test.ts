@@ -23,6 +23,10 @@ const CASES: Array<[string, z.ZodMiniType, unknown[]]> = [
     { ...envelope, payload: null },
     { ...envelope, shed: { name: 'Not A Shed' } },
     { ...envelope, timestamp: 7 },
+    { ...envelope, final: 'true' },
+    { ...envelope, shed: null },
+    JSON.parse(`{"__proto__":{"polluted":true},${JSON.stringify(envelope).slice(1)}`),
+    { ...envelope, payload: JSON.parse('{"__proto__":{"operation":"sign"}}') },
     null, 'text', [],
   ]],
   ['SshSignRequest', SshSignRequest, [
@@ -33,6 +37,11 @@ const CASES: Array<[string, z.ZodMiniType, unknown[]]> = [
     { public_key: 'AAAA', data: 'YWJj', flags: -1 },
     { public_key: 'AAAA', data: 'YWJj', flags: 1.5 },
     { public_key: 'AAAA', data: 'YWJj', flags: '2' },
+    { public_key: 'AAAA', data: 'YWJj', flags: Infinity },
+    { public_key: 'AAAA', data: 'YWJj', flags: Number.NaN },
+    { public_key: 'AAAA', data: 'YWJj', flags: 2 ** 53 },
+    { public_key: ['AAAA'], data: 'YWJj' },
+    JSON.parse('{"public_key":"AAAA","data":"YWJj","__proto__":{"flags":4}}'),
     { data: 'YWJj' },
   ]],
   ['SshSignResponse', SshSignResponse, [
