@@ -1,6 +1,6 @@
 /**
  * bench/docker-helper: how long one `docker-credential-shed get` takes, as a
- * guest runs it (a single-file bundle, `node bundle.mjs get`), against a warm
+ * guest runs it (a single-file CommonJS bundle, `node docker-credential-shed.cjs get`), against a warm
  * broker on a direct socket, next to bare `node -e 0` in the same run.
  * Docker and skopeo start the helper once or twice per registry operation, so
  * its start-up is its speed. Target: median within 40 ms of bare node.
@@ -115,7 +115,7 @@ async function main(): Promise<void> {
       '## docker-helper',
       '',
       `\`node --import tsx bench/docker-helper.ts ${RUNS}\` — ${new Date().toISOString().slice(0, 10)}, ${machine}.`,
-      `One \`node docker-credential-shed.mjs get\` (the shipped single-file bundle from guest-services/bundle.ts, ${(bundleBytes / 1024).toFixed(0)} KiB) against a warm broker on a direct socket, interleaved with bare \`node -e 0\`; ${RUNS} runs each after ${WARMUP} warm-up runs. Wall time from spawn to exit, and the process's own CPU time (steadier on a shared machine). Target: within ${TARGET_MS} ms of bare node.`,
+      `One \`node docker-credential-shed.cjs get\` (the shipped single-file bundle from guest-services/bundle.ts, ${(bundleBytes / 1024).toFixed(0)} KiB) against a warm broker on a direct socket, interleaved with bare \`node -e 0\`; ${RUNS} runs each after ${WARMUP} warm-up runs. Wall time from spawn to exit, and the process's own CPU time (steadier on a shared machine). Target: within ${TARGET_MS} ms of bare node.`,
       '',
       '| | wall median | wall p10 | wall p90 | CPU median |',
       '|---|---|---|---|---|',

@@ -2,7 +2,7 @@
  * Guest binaries as single-file bundles: a guest image needs only `node`,
  * no node_modules. `npm run bundle` writes build/guest/:
  *
- *   shed-ext-ssh-agent.mjs  shed-ext-aws-credentials.mjs  docker-credential-shed.mjs  shed-ext.mjs
+ *   shed-ext-ssh-agent.mjs  shed-ext-aws-credentials.mjs  docker-credential-shed.cjs  shed-ext.mjs
  *   systemd/guest/...       the guest units and config (install-guest reads them from here)
  *
  * then `node build/guest/shed-ext.mjs install-guest --root DIR` lays them into an image root.
@@ -11,7 +11,7 @@ import { build, type Metafile } from 'esbuild';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { GUEST_BINARIES, GUEST_FILES, GUEST_FILES_DIR, type GuestBinary } from './status/install.js';
+import { bundleFile, GUEST_BINARIES, GUEST_FILES, GUEST_FILES_DIR, type GuestBinary } from './status/install.js';
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -26,8 +26,9 @@ export const DEFAULT_OUT_DIR = path.join(REPO_ROOT, 'build', 'guest');
 
 /**
  * CommonJS dependencies (ssh2) call require() on node built-ins and read
- * __dirname; an ESM bundle has neither, so give it both. ESM because the
- * docker helper uses top-level await.
+ * __dirname; an ESM bundle has neither, so give it both. The services are
+ * ESM (install-guest finds its bundles through import.meta.url); the docker
+ * helper is CommonJS, which needs neither banner nor ESM loader (bundleFile).
  */
 const BANNER = [
   "import { createRequire as __shedCreateRequire } from 'node:module';",
@@ -53,15 +54,16 @@ export async function bundleGuest(options: { outDir?: string; only?: GuestBinary
   fs.mkdirSync(outDir, { recursive: true });
   const result: BundleResult = { outDir, bundles: [] };
   for (const name of names) {
-    const file = path.join(outDir, `${name}.mjs`);
+    const file = path.join(outDir, bundleFile(name));
+    const cjs = file.endsWith('.cjs');
     const built = await build({
       entryPoints: [path.join(REPO_ROOT, ENTRY_POINTS[name])],
       outfile: file,
       bundle: true,
       platform: 'node',
       target: 'node20',
-      format: 'esm',
-      banner: { js: BANNER },
+      format: cjs ? 'cjs' : 'esm',
+      banner: cjs ? undefined : { js: BANNER },
       // ssh2's optional native pieces: it falls back to pure JS without them.
       external: ['cpu-features', '*.node'],
       legalComments: 'eof',

@@ -23,10 +23,20 @@ function writer(fd: 1 | 2): (text: string) => void {
   };
 }
 
-process.exitCode = await runHelper(process.argv.slice(2), {
+// No top-level await: this one bundles as CommonJS (see guest-services/bundle.ts).
+const stderr = writer(2);
+runHelper(process.argv.slice(2), {
   readStdin: () => readStdin(),
   stdinIsTTY: tty.isatty(0),
   stdout: writer(1),
-  stderr: writer(2),
+  stderr,
   env: process.env,
-});
+}).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: Error) => {
+    stderr(`docker-credential-shed: ${err.message}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { build } from 'esbuild';
 import { bundleGuest, ENTRY_POINTS, type BundleResult } from '../../guest-services/bundle.js';
 import { runCli } from '../../guest-services/status/cli.js';
-import { GUEST_BINARIES, LIB_DIR } from '../../guest-services/status/install.js';
+import { bundleFile, GUEST_BINARIES, LIB_DIR } from '../../guest-services/status/install.js';
 import type { MemoryAudit } from '../../host-broker/audit/audit.js';
 import { VERSION } from '../../protocol/version.js';
 import { startDirectBroker, type Harness } from '../support/harness.js';
@@ -95,10 +95,10 @@ describe('guest packaging', function () {
 
     it('run from a bare directory with only node (no node_modules, no tsx)', async () => {
       const bare = tempDir('shed-bare');
-      for (const name of GUEST_BINARIES) fs.copyFileSync(path.join(bundles.outDir, `${name}.mjs`), path.join(bare, `${name}.mjs`));
+      for (const name of GUEST_BINARIES) fs.copyFileSync(path.join(bundles.outDir, bundleFile(name)), path.join(bare, bundleFile(name)));
       expect(fs.existsSync('/tmp/node_modules') || fs.existsSync('/node_modules')).to.equal(false);
       const results = await Promise.all(GUEST_BINARIES.map((name) =>
-        run(NODE, [path.join(bare, `${name}.mjs`), '--help'], { env: BARE_ENV, cwd: bare })));
+        run(NODE, [path.join(bare, bundleFile(name)), '--help'], { env: BARE_ENV, cwd: bare })));
       GUEST_BINARIES.forEach((name, i) => {
         const r = results[i]!;
         expect(r.code, `${name}: ${r.stderr}`).to.equal(0);
@@ -166,7 +166,7 @@ describe('guest packaging', function () {
       await install(root);
       const tree = snapshot(root);
       for (const name of GUEST_BINARIES) {
-        expect(tree[`usr/local/lib/shed-extensions/${name}.mjs`]).to.include({ type: 'file', mode: 0o644 });
+        expect(tree[`usr/local/lib/shed-extensions/${bundleFile(name)}`]).to.include({ type: 'file', mode: 0o644 });
         expect(tree[`usr/local/bin/${name}`]).to.include({ type: 'file', mode: 0o755 });
       }
       for (const unit of UNITS) {
