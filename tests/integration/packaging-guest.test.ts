@@ -83,8 +83,9 @@ describe('guest packaging', function () {
       const builtins = new Set(builtinModules.flatMap((m) => [m, `node:${m}`]));
       for (const name of GUEST_BINARIES) {
         const built = await build({
-          entryPoints: [path.join(REPO_ROOT, ENTRY_POINTS[name])], bundle: true, platform: 'node', format: 'esm', target: 'node20',
-          external: ['cpu-features', '*.node'], write: false, metafile: true, logLevel: 'silent', outfile: path.join('/tmp', `${name}.mjs`),
+          entryPoints: [path.join(REPO_ROOT, ENTRY_POINTS[name])], bundle: true, platform: 'node', target: 'node20',
+          format: bundleFile(name).endsWith('.cjs') ? 'cjs' : 'esm',
+          external: ['cpu-features', '*.node'], write: false, metafile: true, logLevel: 'silent', outfile: path.join('/tmp', bundleFile(name)),
         });
         const externals = Object.values(built.metafile.outputs).flatMap((o) => o.imports.filter((i) => i.external).map((i) => i.path));
         // ssh2 probes its optional native add-ons inside try/catch and falls back to JS.
