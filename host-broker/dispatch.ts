@@ -144,7 +144,8 @@ export class Dispatcher {
     let answer: Payload;
     let entry: Omit<AuditEntry, 'ts'>;
     try {
-      if (this.options.admission && !quiet) {
+      // status too: it reaches the host's agent, and a guest must not be able to flood that unchecked.
+      if (this.options.admission) {
         release = await this.options.admission({ shed: policy, namespace, operation, requestId: envelope.id });
       }
       answer = await handler.handle(operation, envelope.payload, ctx);
