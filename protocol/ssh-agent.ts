@@ -40,9 +40,14 @@ export type SshBindResponse = z.infer<typeof SshBindResponse>;
 export const SshStatusResponse = z.looseObject({ connected: z.boolean(), mode: z.string(), key_count: z.int() });
 export type SshStatusResponse = z.infer<typeof SshStatusResponse>;
 
+/** One-shot SHA-256 in base64: crypto.hash where Node has it (20.12 and later; ~3 times cheaper), else a Hash object. */
+const sha256Base64: (data: Buffer) => string = typeof crypto.hash === 'function'
+  ? (data) => crypto.hash('sha256', data, 'base64')
+  : (data) => crypto.createHash('sha256').update(data).digest('base64');
+
 /** `SHA256:<unpadded base64>` of a public key blob, exactly as `ssh-keygen -lf` prints it; the same on both sides. */
 export function fingerprint(blob: Buffer): string {
-  return `SHA256:${crypto.hash('sha256', blob, 'base64').replace(/=+$/, '')}`;
+  return `SHA256:${sha256Base64(blob).replace(/=+$/, '')}`;
 }
 
 /** Sign flags of the agent protocol. */
