@@ -75,7 +75,7 @@ export class InstallError extends Error {
 
 /**
  * A binary's bundle file. The docker helper's is CommonJS: Docker starts it
- * once per registry operation, and Node loads a CommonJS file ~12% faster
+ * once per registry operation, and Node starts a CommonJS file ~10% faster
  * than an ES module (its ESM loader's own start-up); the services are ESM.
  */
 export function bundleFile(bin: GuestBinary): string {
