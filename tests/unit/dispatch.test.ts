@@ -3,7 +3,6 @@ import { MemoryAudit, type AuditEntry } from '../../host-broker/audit/audit.js';
 import { DedupeWindow } from '../../host-broker/dedupe.js';
 import { Dispatcher } from '../../host-broker/dispatch.js';
 import { BrokerError, unknownOperation, type NamespaceHandler, type RequestContext } from '../../host-broker/handler.js';
-import { Limits } from '../../host-broker/limits/limits.js';
 import { policyFromDocument } from '../../host-broker/policy/policy.js';
 import type { Payload } from '../../protocol/envelope.js';
 import { memoryLogger } from '../../protocol/log.js';
@@ -66,18 +65,6 @@ describe('dispatcher', () => {
     expect(await send('alpha', { operation: 'ping' })).to.deep.equal({ status: 'ok' });
     expect(seen).to.be.empty;
     expect(audit.entries).to.be.empty;
-  });
-
-  it('holds status to the shed\'s rate limit, still without an audit line', async () => {
-    const { handler } = recordingHandler();
-    const audit = new MemoryAudit();
-    const policy = policyFromDocument({ version: 1, defaults: { limits: { ssh: { per_minute: 1, burst: 2 } } }, sheds: { alpha: {} } });
-    const dispatcher = new Dispatcher({ policy: () => policy, handlers: [handler], audit, log: memoryLogger(), admission: new Limits().admission });
-    const status = () => dispatcher.dispatch(requestEnvelope('ssh-agent', { operation: 'status' }), 'alpha');
-    expect(await status()).to.deep.equal({ connected: true });
-    expect(await status()).to.deep.equal({ connected: true });
-    expect(await status()).to.include({ code: 'RATE_LIMITED' });
-    expect(audit.entries).to.deep.equal([]);
   });
 
   it('passes status to the handler without an audit line', async () => {
