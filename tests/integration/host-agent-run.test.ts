@@ -40,7 +40,7 @@ describe('shed-host-agent run', () => {
       }
 
       child.kill(signal);
-      const code = await new Promise((resolve) => child.once('exit', resolve));
+      const code = await new Promise((resolve) => child.once('close', resolve));
       expect(code, out.stderr()).to.equal(0);
       expect(out.stderr()).to.match(new RegExp(`${signal}: stopping`));
       expect(fs.readdirSync(socks)).to.deep.equal([]);

@@ -93,11 +93,19 @@ export function run(
       clearTimeout(timer);
       reject(err);
     });
-    child.once('exit', (code, signal) => {
+    // 'close', not 'exit': a process can exit before its pipes are read to
+    // the end. Should something it started keep them open, the result comes
+    // a moment after the exit with what was read by then.
+    let lingering: NodeJS.Timeout | undefined;
+    const finish = (code: number | null, signal: string | null) => {
       clearTimeout(timer);
-      // Let the pipes drain.
-      setImmediate(() => resolve({ code, signal, stdout: out.stdout(), stderr: out.stderr() }));
+      clearTimeout(lingering);
+      resolve({ code, signal, stdout: out.stdout(), stderr: out.stderr() });
+    };
+    child.once('exit', (code, signal) => {
+      lingering = setTimeout(() => finish(code, signal), 5000);
     });
+    child.once('close', finish);
     // A program may exit without reading its stdin: that is its business, not an error here.
     child.stdin?.on('error', () => undefined);
     child.stdin?.end(input ?? '');
