@@ -1,10 +1,20 @@
 /**
  * One-line logs to stderr, shared by both sides. Callers pass facts, never
- * secrets: key fingerprints, role ARNs, registry hosts, codes.
+ * secrets: key fingerprints, role ARNs, registry hosts, codes. Whatever a
+ * message quotes, it cannot pass for another entry or drive a terminal:
+ * control characters are escaped here, the continuation lines of a
+ * multi-line message (a policy's list of problems) are indented, and a
+ * message is cut at MAX_LINE characters. Callers still quote others' text
+ * with `printable()`, which bounds it.
  */
+import { escapeControls } from './text.js';
+
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
 const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+
+/** The longest message written; the rest is cut. */
+export const MAX_LINE = 4096;
 
 export interface Logger {
   debug(message: string): void;
@@ -25,7 +35,9 @@ export function createLogger(program: string, options: LoggerOptions = {}): Logg
   const write = options.write ?? ((line: string) => process.stderr.write(`${line}\n`));
   const emit = (level: LogLevel, message: string) => {
     if (ORDER[level] < min) return;
-    write(`${new Date().toISOString()} ${program} ${level.toUpperCase()} ${message}`);
+    const cut = message.length > MAX_LINE ? `${message.slice(0, MAX_LINE)}…` : message;
+    const text = cut.split('\n').map(escapeControls).join('\n    ');
+    write(`${new Date().toISOString()} ${program} ${level.toUpperCase()} ${text}`);
   };
   return {
     debug: (m) => emit('debug', m),

@@ -1,0 +1,36 @@
+/**
+ * Text that someone else wrote (a guest, a helper program, a server), made
+ * safe to put where a human or a terminal reads it: a log line, the audit
+ * timeline, an approval dialog. Nothing here can start a new line, move the
+ * cursor, change colours, reorder text (bidi controls) or hide characters.
+ */
+
+/** C0/C1 controls, format characters (bidi, zero-width), line and paragraph separators, lone surrogates. */
+const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/u;
+const UNSAFE_ALL = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu;
+const UNSAFE_OR_BACKSLASH = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}\\]/gu;
+
+function escapeChar(c: string): string {
+  if (c === '\\') return '\\\\';
+  const code = c.codePointAt(0)!;
+  return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u{${code.toString(16)}}`;
+}
+
+/**
+ * Every unsafe character as `\xNN` or `\u{NNNN}`; the rest unchanged. For
+ * text of our own that may quote others' (log lines): backslashes stay as
+ * they are.
+ */
+export function escapeControls(text: string): string {
+  return UNSAFE.test(text) ? text.replace(UNSAFE_ALL, escapeChar) : text;
+}
+
+/**
+ * Someone else's text as one printable line of at most `max` characters of
+ * the original (cut with `…`): unsafe characters escaped as `\xNN` or
+ * `\u{NNNN}`, and backslashes doubled so an escape cannot be forged.
+ */
+export function printable(text: string, max = 200): string {
+  const cut = text.length > max ? `${text.slice(0, max)}…` : text;
+  return cut.replace(UNSAFE_OR_BACKSLASH, escapeChar);
+}

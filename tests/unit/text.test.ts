@@ -1,0 +1,49 @@
+import { expect } from 'chai';
+import { createLogger, MAX_LINE } from '../../protocol/log.js';
+import { escapeControls, printable } from '../../protocol/text.js';
+
+describe('printable text', () => {
+  it('escapes controls, bidi and zero-width characters, separators and lone surrogates', () => {
+    expect(printable('a\x1b[31mred\x07')).to.equal('a\\x1b[31mred\\x07');
+    expect(printable('x\ny\rz\t')).to.equal('x\\x0ay\\x0dz\\x09');
+    expect(printable('\u202eevil\u200b')).to.equal('\\u{202e}evil\\u{200b}');
+    expect(printable('a\u2028b\u2029c\u0085')).to.equal('a\\u{2028}b\\u{2029}c\\x85');
+    expect(printable('lone \ud800 high')).to.equal('lone \\u{d800} high');
+    expect(printable('ünïcödé 🔑 fine')).to.equal('ünïcödé 🔑 fine');
+  });
+
+  it('doubles backslashes, so a guest cannot forge an escape', () => {
+    expect(printable('\\x1b')).to.equal('\\\\x1b');
+  });
+
+  it('bounds what it keeps and says so', () => {
+    expect(printable('a'.repeat(300), 10)).to.equal(`${'a'.repeat(10)}…`);
+    expect(printable('abc', 10)).to.equal('abc');
+  });
+
+  it('escapeControls leaves backslashes and ordinary text alone', () => {
+    expect(escapeControls('C:\\path "q"')).to.equal('C:\\path "q"');
+    expect(escapeControls('bell\x07')).to.equal('bell\\x07');
+  });
+});
+
+describe('log lines', () => {
+  const lines = (message: string): string[] => {
+    const out: string[] = [];
+    createLogger('t', { level: 'debug', write: (l) => out.push(l) }).warn(message);
+    return out.join('\n').split('\n');
+  };
+
+  it('cannot be forged by the text they quote: continuations are indented, controls escaped', () => {
+    const out = lines('first\n2026-01-01T00:00:00.000Z shed-host-agent INFO forged\x1b[2K\rline');
+    expect(out).to.have.length(2);
+    expect(out[0]).to.match(/^\S+ t WARN first$/);
+    expect(out[1]).to.equal('    2026-01-01T00:00:00.000Z shed-host-agent INFO forged\\x1b[2K\\x0dline');
+  });
+
+  it('are cut at MAX_LINE characters', () => {
+    const [line] = lines('x'.repeat(MAX_LINE * 3));
+    expect(line!.length).to.be.lessThan(MAX_LINE + 64);
+    expect(line!.endsWith('…')).to.equal(true);
+  });
+});
