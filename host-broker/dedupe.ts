@@ -1,39 +1,51 @@
 /**
- * A bounded, time-windowed record of request ids already taken: shed-server
+ * The request ids already taken, per shed, for a time window: shed-server
  * re-delivers un-answered requests after a reconnect, and each id must be
- * answered at most once.
+ * answered at most once. Each shed has its own bounded table, so a shed
+ * that sends ids by the thousand pushes out only its own.
  */
+import { BoundedMap } from './bounded-map.js';
+
+export interface DedupeOptions {
+  /** How long an id is remembered (10 min). */
+  windowMs?: number;
+  /** Ids remembered per shed; past that its oldest are forgotten (10,000). */
+  perShed?: number;
+  /** Sheds remembered; past that the least recently active is forgotten (4096). */
+  maxSheds?: number;
+  now?: () => number;
+}
+
 export class DedupeWindow {
-  /** id → time first seen; Map keeps insertion order, so the oldest is first. */
-  private readonly seen = new Map<string, number>();
+  readonly windowMs: number;
+  private readonly perShed: number;
+  private readonly now: () => number;
+  private readonly sheds: BoundedMap<string, BoundedMap<string, true>>;
 
-  constructor(
-    readonly windowMs = 10 * 60_000,
-    readonly maxEntries = 100_000,
-    private readonly now: () => number = Date.now,
-  ) {}
+  constructor(options: DedupeOptions = {}) {
+    this.windowMs = options.windowMs ?? 10 * 60_000;
+    this.perShed = options.perShed ?? 10_000;
+    this.now = options.now ?? Date.now;
+    this.sheds = new BoundedMap({ maxEntries: options.maxSheds ?? 4096, order: 'lru', ttlMs: this.windowMs, now: this.now });
+  }
 
-  /** True the first time an id is offered within the window; false for a repeat. */
-  take(id: string): boolean {
-    const t = this.now();
-    this.expire(t);
-    if (this.seen.has(id)) return false;
-    this.seen.set(id, t);
-    if (this.seen.size > this.maxEntries) {
-      const oldest = this.seen.keys().next().value;
-      if (oldest !== undefined) this.seen.delete(oldest);
+  /** True the first time `shed` offers `id` within the window; false for a repeat. */
+  take(shed: string, id: string): boolean {
+    let seen = this.sheds.get(shed);
+    if (!seen) {
+      seen = new BoundedMap({ maxEntries: this.perShed, ttlMs: this.windowMs, now: this.now });
     }
+    // Re-set on every take: the shed's table lives as long as its newest id.
+    this.sheds.set(shed, seen);
+    if (seen.has(id)) return false;
+    seen.set(id, true);
     return true;
   }
 
+  /** Ids remembered, across sheds. */
   get size(): number {
-    return this.seen.size;
-  }
-
-  private expire(t: number): void {
-    for (const [id, at] of this.seen) {
-      if (t - at < this.windowMs) break;
-      this.seen.delete(id);
-    }
+    let n = 0;
+    for (const [, seen] of this.sheds.entries()) n += seen.size;
+    return n;
   }
 }

@@ -21,8 +21,12 @@ import type { Policy } from './policy/policy.js';
  */
 export type Approver = (request: { shed: EffectiveShed; namespace: Namespace; operation: string }, subject: ApprovalSubject) => Promise<ApprovalOutcome>;
 
-/** A gate checked before a handler runs (rate limits, concurrency); may throw BrokerError, returns a release function. */
-export type Admission = (request: { shed: EffectiveShed; namespace: Namespace; operation: string; requestId: string }) => Promise<() => void>;
+/**
+ * A gate checked before a handler runs (rate limits, concurrency); may throw
+ * BrokerError, returns a release function. `quiet` operations (status) are
+ * asked too, so they can be bounded without being rate-limited.
+ */
+export type Admission = (request: { shed: EffectiveShed; namespace: Namespace; operation: string; requestId: string; quiet?: boolean }) => Promise<() => void>;
 
 export interface DispatcherOptions {
   /** The policy in force; called once per request, so a reload applies to the next one. */
@@ -82,7 +86,7 @@ export class Dispatcher {
       await this.record({ ...base, result: 'denied', detail: dated.code, approval: 'none' });
       return errorPayload(dated.code, dated.message);
     }
-    if (!this.dedupe.take(envelope.id)) {
+    if (!this.dedupe.take(shed, envelope.id)) {
       this.options.log.warn(`shed ${shed}: request ${envelope.id} on ${envelope.namespace} seen already; not answering it twice`);
       await this.record({ ...base, result: 'denied', detail: CommonCode.DUPLICATE_REQUEST, approval: 'none' });
       return undefined;
@@ -144,8 +148,8 @@ export class Dispatcher {
     let answer: Payload;
     let entry: Omit<AuditEntry, 'ts'>;
     try {
-      if (this.options.admission && !quiet) {
-        release = await this.options.admission({ shed: policy, namespace, operation, requestId: envelope.id });
+      if (this.options.admission) {
+        release = await this.options.admission({ shed: policy, namespace, operation, requestId: envelope.id, quiet });
       }
       answer = await handler.handle(operation, envelope.payload, ctx);
       entry = { ...base, result: 'ok', detail: ctx.detail ?? '', approval: ctx.approval };

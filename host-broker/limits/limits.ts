@@ -1,10 +1,14 @@
 /**
- * Abuse limits, checked by the dispatcher before a handler runs (ping and
- * status are exempt): a token bucket per shed and namespace
- * (`limits.{ssh,aws,docker}.{per_minute,burst}`), and bounded concurrency
- * per shed (`limits.max_concurrent` in flight; more wait in a queue of at most
- * QUEUE_FACTOR × max_concurrent; past that they are refused). Both refusals
- * are RATE_LIMITED, which the dispatcher audits as denied.
+ * Abuse limits, checked by the dispatcher before a handler runs: a token
+ * bucket per shed and namespace (`limits.{ssh,aws,docker}.{per_minute,burst}`),
+ * and bounded concurrency per shed (`limits.max_concurrent` in flight; more
+ * wait in a queue of at most QUEUE_FACTOR × max_concurrent; past that they
+ * are refused). Both refusals are RATE_LIMITED, which the dispatcher audits
+ * as denied.
+ *
+ * `status` (a quiet operation) takes no token, so a shed over its rate can
+ * still be diagnosed, but it is not free: at most `max_concurrent` of a
+ * shed's status requests run at once, and more are refused at once.
  *
  * The numbers come from the requesting shed's effective policy on every
  * request, so a reload applies at once; a bucket keeps its tokens (capped at
@@ -13,13 +17,14 @@
 import { CommonCode } from '../../protocol/codes.js';
 import type { Namespace } from '../../protocol/envelope.js';
 import type { Admission } from '../dispatch.js';
+import { BoundedMap } from '../bounded-map.js';
 import { BrokerError } from '../handler.js';
 import { SECTION_OF, type Bucket } from '../policy/effective.js';
 
 /** Waiting requests a shed may have, per allowed concurrent one. */
 export const QUEUE_FACTOR = 4;
-/** Past this many buckets, idle (full) ones are forgotten. */
-const MAX_IDLE_BUCKETS = 1024;
+/** Buckets and slot tables kept; past that, idle ones are forgotten (a new bucket starts full, so nothing changes for their sheds). */
+const MAX_TRACKED = 4096;
 
 export class TokenBucket {
   private tokens: number;
@@ -81,13 +86,20 @@ export interface LimitsSnapshot {
 }
 
 export class Limits {
-  private readonly buckets = new Map<string, TokenBucket>();
-  private readonly slots = new Map<string, Slots>();
+  private readonly buckets: BoundedMap<string, TokenBucket>;
+  private readonly slots: BoundedMap<string, Slots>;
+  private readonly quietSlots: BoundedMap<string, Slots>;
 
-  constructor(private readonly now: () => number = Date.now) {}
+  constructor(private readonly now: () => number = Date.now) {
+    const idle = (s: Slots) => s.active === 0 && s.waiting.length === 0;
+    this.buckets = new BoundedMap({ maxEntries: MAX_TRACKED, order: 'lru', evictable: (b) => b.full(this.now()), now });
+    this.slots = new BoundedMap({ maxEntries: MAX_TRACKED, evictable: idle, now });
+    this.quietSlots = new BoundedMap({ maxEntries: MAX_TRACKED, evictable: idle, now });
+  }
 
   /** The dispatcher's admission hook. */
-  readonly admission: Admission = async ({ shed, namespace }) => {
+  readonly admission: Admission = async ({ shed, namespace, quiet }) => {
+    if (quiet) return this.acquire(this.quietSlots, shed.name, shed.limits.max_concurrent, 0);
     const bucket = this.bucketFor(shed.name, namespace, shed.limits[SECTION_OF[namespace]]);
     const waitMs = bucket.take(this.now());
     if (waitMs > 0) {
@@ -99,7 +111,7 @@ export class Limits {
       );
     }
     try {
-      return await this.acquire(shed.name, shed.limits.max_concurrent);
+      return await this.acquire(this.slots, shed.name, shed.limits.max_concurrent, QUEUE_FACTOR);
     } catch (err) {
       bucket.refund();
       throw err;
@@ -108,7 +120,7 @@ export class Limits {
 
   snapshot(): LimitsSnapshot {
     const sheds: LimitsSnapshot['sheds'] = {};
-    for (const [name, s] of this.slots) sheds[name] = { active: s.active, waiting: s.waiting.length };
+    for (const [name, s] of this.slots.entries()) sheds[name] = { active: s.active, waiting: s.waiting.length };
     return { sheds, buckets: this.buckets.size };
   }
 
@@ -117,34 +129,25 @@ export class Limits {
     const now = this.now();
     let bucket = this.buckets.get(key);
     if (!bucket) {
-      if (this.buckets.size >= MAX_IDLE_BUCKETS) this.sweep(now);
       bucket = new TokenBucket(config.per_minute, config.burst, now);
-      this.buckets.set(key, bucket);
+      if (!this.buckets.set(key, bucket)) throw tooManySheds();
     } else if (bucket.perMinute !== config.per_minute || bucket.burst !== config.burst) {
       bucket.resize(config.per_minute, config.burst, now);
     }
     return bucket;
   }
 
-  /** Forget full buckets: a new one starts full, so nothing changes for their sheds. */
-  private sweep(now: number): void {
-    for (const [key, bucket] of this.buckets) if (bucket.full(now)) this.buckets.delete(key);
-  }
-
-  private async acquire(shed: string, max: number): Promise<() => void> {
-    let slots = this.slots.get(shed);
-    if (!slots) {
-      slots = { active: 0, waiting: [] };
-      this.slots.set(shed, slots);
-    }
-    const s = slots;
+  /** A slot among `max` running, with room for `max × queueFactor` waiting; refused past that. */
+  private async acquire(table: BoundedMap<string, Slots>, shed: string, max: number, queueFactor: number): Promise<() => void> {
+    const s = table.getOrCreate(shed, () => ({ active: 0, waiting: [] }));
+    if (!s) throw tooManySheds();
     if (s.active < max && s.waiting.length === 0) {
       s.active += 1;
-    } else if (s.waiting.length >= max * QUEUE_FACTOR) {
+    } else if (s.waiting.length >= max * queueFactor) {
       throw new BrokerError(
         CommonCode.RATE_LIMITED,
-        `shed ${shed} has too many requests in flight (${s.active} running, ${s.waiting.length} waiting); retry shortly, or raise limits.max_concurrent in the host policy`,
-        { detail: `concurrency ${max} queue ${max * QUEUE_FACTOR} full` },
+        `shed ${shed} has too many requests in flight (${s.active} running${queueFactor ? `, ${s.waiting.length} waiting` : ''}); retry shortly, or raise limits.max_concurrent in the host policy`,
+        { detail: queueFactor ? `concurrency ${max} queue ${max * queueFactor} full` : `concurrency ${max} full` },
       );
     } else {
       // The releasing request hands its slot over: `active` stays as it is.
@@ -159,8 +162,12 @@ export class Limits {
         next();
       } else {
         s.active -= 1;
-        if (s.active === 0) this.slots.delete(shed);
+        if (s.active === 0 && table.get(shed) === s) table.delete(shed);
       }
     };
   }
+}
+
+function tooManySheds(): BrokerError {
+  return new BrokerError(CommonCode.RATE_LIMITED, 'the host broker is tracking the limits of too many busy sheds at once; retry shortly', { detail: 'limit tables full' });
 }

@@ -178,15 +178,25 @@ describe('dispatcher', () => {
 });
 
 describe('dedupe window', () => {
-  it('forgets ids after the window and keeps at most maxEntries', () => {
+  it('forgets ids after the window and keeps at most perShed of each shed', () => {
     let now = 0;
-    const window = new DedupeWindow(1000, 3, () => now);
-    expect(window.take('a')).to.equal(true);
-    expect(window.take('a')).to.equal(false);
+    const window = new DedupeWindow({ windowMs: 1000, perShed: 3, now: () => now });
+    expect(window.take('alpha', 'a')).to.equal(true);
+    expect(window.take('alpha', 'a')).to.equal(false);
     now = 1000;
-    expect(window.take('a')).to.equal(true);
-    for (const id of ['b', 'c', 'd', 'e']) window.take(id);
+    expect(window.take('alpha', 'a')).to.equal(true);
+    for (const id of ['b', 'c', 'd', 'e']) window.take('alpha', id);
     expect(window.size).to.equal(3);
-    expect(window.take('e')).to.equal(false);
+    expect(window.take('alpha', 'e')).to.equal(false);
+  });
+
+  it('keys ids by shed: one shed flooding ids pushes out only its own', () => {
+    const window = new DedupeWindow({ windowMs: 60_000, perShed: 100 });
+    expect(window.take('beta', 'kept')).to.equal(true);
+    for (let i = 0; i < 10_000; i++) window.take('alpha', `flood-${i}`);
+    expect(window.take('beta', 'kept')).to.equal(false);
+    // The same id from another shed is another request.
+    expect(window.take('alpha', 'kept')).to.equal(true);
+    expect(window.size).to.equal(101);
   });
 });

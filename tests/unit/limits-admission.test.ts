@@ -125,6 +125,27 @@ describe('limits: admission', () => {
   });
 });
 
+describe('limits: status requests', () => {
+  it('take no token, but at most max_concurrent of a shed\'s run at once; more are refused, not queued', async () => {
+    let now = 0;
+    const policy = policyFromDocument({ version: 1, defaults: { limits: { ssh: { per_minute: 1, burst: 1 }, max_concurrent: 2 } }, sheds: { alpha: {}, beta: {} } });
+    const limits = new Limits(() => now);
+    const status = (shed: string) => limits.admission({ shed: policy.resolve(shed)!, namespace: 'ssh-agent', operation: 'status', requestId: uuidv7(), quiet: true });
+    const sign = (shed: string) => limits.admission({ shed: policy.resolve(shed)!, namespace: 'ssh-agent', operation: 'sign', requestId: uuidv7() });
+    (await sign('alpha'))();
+    await refusal(sign('alpha'));
+    // Over its rate, alpha can still ask status...
+    const a = await status('alpha');
+    const b = await status('alpha');
+    // ...but not without bound, and another shed is not held up.
+    expect((await refusal(status('alpha'))).message).to.match(/too many requests in flight \(2 running\)/);
+    (await status('beta'))();
+    a();
+    (await status('alpha'))();
+    b();
+  });
+});
+
 describe('dispatcher: request ids out of the replay window', () => {
   const handler: NamespaceHandler = { namespace: 'ssh-agent', handle: async () => ({ keys: [] }) };
   function dispatcher(policy: Policy = policyFromDocument({ version: 1, sheds: { alpha: {} } })) {
