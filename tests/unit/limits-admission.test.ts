@@ -127,9 +127,8 @@ describe('limits: admission', () => {
 
 describe('limits: status requests', () => {
   it('take no token, but at most max_concurrent of a shed\'s run at once; more are refused, not queued', async () => {
-    let now = 0;
     const policy = policyFromDocument({ version: 1, defaults: { limits: { ssh: { per_minute: 1, burst: 1 }, max_concurrent: 2 } }, sheds: { alpha: {}, beta: {} } });
-    const limits = new Limits(() => now);
+    const limits = new Limits(() => 0);
     const status = (shed: string) => limits.admission({ shed: policy.resolve(shed)!, namespace: 'ssh-agent', operation: 'status', requestId: uuidv7(), quiet: true });
     const sign = (shed: string) => limits.admission({ shed: policy.resolve(shed)!, namespace: 'ssh-agent', operation: 'sign', requestId: uuidv7() });
     (await sign('alpha'))();
