@@ -16,7 +16,7 @@ import { Limits } from './limits/limits.js';
 import { createHandlers } from './namespaces.js';
 import { expandHome } from './policy/effective.js';
 import type { Policy } from './policy/policy.js';
-import { DirectSockets } from './transports/direct-sockets.js';
+import { DEFAULT_CONNECTIONS_PER_SHED, DirectSockets } from './transports/direct-sockets.js';
 import { ShedServerTransport, type ShedServerTimings } from './transports/shed-server.js';
 import type { Transport } from './transports/transport.js';
 
@@ -86,7 +86,13 @@ export class Broker {
     });
     const transports: Transport[] = [...(this.options.transports ?? [])];
     if (policy.direct.enabled) {
-      this.direct = new DirectSockets({ socketsDir: policy.direct.socketsDir, sheds: policy.namedSheds(), log });
+      this.direct = new DirectSockets({
+        socketsDir: policy.direct.socketsDir,
+        sheds: policy.namedSheds(),
+        log,
+        maxConnections: policy.direct.maxConnections,
+        connectionsPerShed: (shed) => this.policy.resolve(shed)?.limits.max_connections ?? DEFAULT_CONNECTIONS_PER_SHED,
+      });
       transports.push(this.direct);
     }
     const server = policy.server;

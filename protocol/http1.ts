@@ -1,7 +1,8 @@
 /**
- * HTTP/1.1 message framing (RFC 9112) shared by the guest's bus client and
- * the broker's direct sockets: the head of a message, how its body is
- * delimited, and chunked bodies. Strict on purpose: whatever does not parse
+ * HTTP/1.1 message framing (RFC 9112) for the guest's bus client
+ * (guest-services/http1.ts): the head of a message, how its body is
+ * delimited, and chunked bodies. (What the project serves is node:http, see
+ * http-server.ts; this client talks only to shed-agent and the broker.) Strict on purpose: whatever does not parse
  * exactly is an Http1ProtocolError, and the connection it came on is not
  * used again.
  */

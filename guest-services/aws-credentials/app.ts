@@ -26,6 +26,7 @@ export interface AwsAppOptions {
   bus: Publisher;
   /** When set, every request must carry exactly this `Authorization` header. */
   authToken?: string;
+
   log: Logger;
   /** Told after each bus call whether the host answered. */
   onBusState?: (state: BusState) => void;

@@ -2,18 +2,21 @@
  * Runs the credentials app on a loopback port: the bus client, the startup
  * ping, and the `aws-credentials.status` file.
  */
-import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { createAdaptorServer } from '@hono/node-server';
+import { getRequestListener } from '@hono/node-server';
 import { compile } from 'zod/mini';
 import { compileHotSchemas } from '../../protocol/compiled.js';
+import { createHardenedServer, sendJson } from '../../protocol/http-server.js';
 import type { Logger } from '../../protocol/log.js';
+import { printable } from '../../protocol/text.js';
 import { BusClient, BusError } from '../bus-client.js';
 import { createAwsApp, NAMESPACE } from './app.js';
 import { StatusFile, type BusState } from '../status-file.js';
 
 export const STATUS_FILE = 'aws-credentials.status';
+/** Connections the endpoint takes at once; more are closed as they come (every SDK needs one). */
+export const MAX_CONNECTIONS = 256;
 export const STARTUP_PING_MS = 2000;
 
 export interface EndpointOptions {
@@ -37,6 +40,15 @@ export interface RunningEndpoint {
   close(): Promise<void>;
 }
 
+/** The names a request to this machine's loopback interface carries in `Host`. */
+const LOOPBACK_NAMES = ['127.0.0.1', 'localhost', '[::1]'];
+
+/** `Host` without its port, lower-cased: `127.0.0.1:499` → `127.0.0.1`, `[::1]:499` → `[::1]`; '' when malformed. */
+function hostName(host: string): string {
+  const m = /^(\[[^\]]*\]|[^:]*)(?::\d{1,5})?$/.exec(host.trim());
+  return m ? m[1]!.toLowerCase() : '';
+}
+
 export function isLoopbackHost(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host);
 }
@@ -47,8 +59,24 @@ export async function startAwsEndpoint(options: EndpointOptions): Promise<Runnin
   const bus = new BusClient({ publishUrl: options.publishUrl, deadlineMs: options.deadlineMs });
   const status = new StatusFile(options.statusDir && path.join(options.statusDir, STATUS_FILE), log);
   const app = createAwsApp({ bus, authToken: options.authToken, log, onBusState: (s) => status.set(s) });
-  const server = createAdaptorServer({ fetch: app.fetch }) as Server;
-  server.keepAliveTimeout = 5000;
+  const listener = getRequestListener(app.fetch);
+  const hosts = new Set([...LOOPBACK_NAMES, ...(isLoopbackHost(options.host) ? [] : [options.host.includes(':') ? `[${options.host}]` : options.host])]);
+  const server = createHardenedServer({
+    // No request here has a body worth more than a few bytes; SDKs send none.
+    limits: { maxBodyBytes: 64 * 1024, maxConnections: MAX_CONNECTIONS },
+    refusal: (_status, code, message) => JSON.stringify({ Code: code, Message: message }),
+    onRequest: (req, res) => {
+      // A web page the user visits can reach 127.0.0.1 under a name of its
+      // own (DNS rebinding): only requests addressed to this machine are served.
+      const host = req.headers.host;
+      if (host === undefined || !hosts.has(hostName(host))) {
+        log.warn(`refused a request addressed to ${host === undefined ? 'no Host' : `Host ${printable(host, 80)}`}: only loopback names are served`);
+        sendJson(res, 403, JSON.stringify({ Code: 'AccessDenied', Message: 'this endpoint answers only requests addressed to 127.0.0.1 or localhost; set AWS_CONTAINER_CREDENTIALS_FULL_URI to http://127.0.0.1:<port>/credentials' }), { 'cache-control': 'no-store' });
+        return;
+      }
+      void listener(req, res);
+    },
+  });
   await new Promise<void>((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) => reject(listenError(err, options.host, options.port));
     server.once('error', onError);

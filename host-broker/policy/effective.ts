@@ -59,6 +59,7 @@ export interface Bucket {
 
 export interface EffectiveLimits {
   max_concurrent: number;
+  max_connections: number;
   ssh: Bucket;
   aws: Bucket;
   docker: Bucket;
@@ -83,6 +84,7 @@ export const BUILTIN_DEFAULTS = {
   approval: { gate: 'none', policy: 'per-session', ttl: 4 * 3_600_000, timeout: 25_000, applies_to: ['ssh-agent'] },
   limits: {
     max_concurrent: 16,
+    max_connections: 64,
     ssh: { per_minute: 600, burst: 60 },
     aws: { per_minute: 120, burst: 30 },
     docker: { per_minute: 600, burst: 60 },

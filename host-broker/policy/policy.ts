@@ -86,10 +86,10 @@ export class Policy {
   }
 
   /** Direct sockets run when `direct` is present or no `server` is configured, unless `direct.enabled: false`. */
-  get direct(): { enabled: boolean; socketsDir: string } {
+  get direct(): { enabled: boolean; socketsDir: string; maxConnections?: number } {
     const d = this.doc.direct;
     const enabled = d?.enabled ?? (d !== undefined || this.doc.server === undefined);
-    return { enabled, socketsDir: path.resolve(expandHome(d?.sockets_dir ?? DEFAULT_SOCKETS_DIR)) };
+    return { enabled, socketsDir: path.resolve(expandHome(d?.sockets_dir ?? DEFAULT_SOCKETS_DIR)), maxConnections: d?.max_connections };
   }
 
   get server(): (NonNullable<PolicyDocument['server']> & { url: string }) | undefined {

@@ -119,6 +119,8 @@ const Bucket = z.strictObject({
 export const LimitsSection = z.strictObject({
   /** Requests of one shed in flight at once; more wait their turn. */
   max_concurrent: z.number().int().positive().optional(),
+  /** Connections one shed may hold open on its direct socket; more are closed at once. */
+  max_connections: z.number().int().min(1).max(65_536).optional(),
   ssh: Bucket.optional(),
   aws: Bucket.optional(),
   docker: Bucket.optional(),
@@ -146,6 +148,8 @@ export const ServerSection = z.strictObject({
 export const DirectSection = z.strictObject({
   enabled: z.boolean().optional(),
   sockets_dir: NonEmpty.optional(),
+  /** Connections across every shed's socket; default: half the open-file limit left after 256. */
+  max_connections: z.number().int().min(1).max(1_000_000).optional(),
 });
 
 export const AuditSection = z.strictObject({

@@ -4,19 +4,32 @@
  * API (PROTOCOL.md section 2) exactly. The socket a request arrives on is the
  * shed's identity: mounting that socket into a VM or container is the
  * capability, so sockets are 0600 in a 0700 directory.
+ *
+ * HTTP is node:http with every limit set (protocol/http-server.ts). Each
+ * shed's socket takes at most `limits.max_connections` connections (64) and
+ * all of them together at most a budget drawn from the open-file limit;
+ * connections past either are closed as they are accepted, so a shed that
+ * holds its maximum delays no other shed.
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import type http from 'node:http';
+import type net from 'node:net';
 import path from 'node:path';
 import { PUBLISH_API_STATUS, PublishApiCode } from '../../protocol/codes.js';
 import { AGENT_WAIT_LIMIT_MS, apiErrorBody, isShedName, MAX_BODY_BYTES, MAX_NAMESPACE_LENGTH, type Payload } from '../../protocol/envelope.js';
+import { createHardenedServer, DEFAULT_HTTP_LIMITS, sendJson, type BufferedRequest } from '../../protocol/http-server.js';
 import type { Logger } from '../../protocol/log.js';
 import { requestEnvelope, responseEnvelope } from '../../protocol/messages.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
-import { Http1Server, type Http1Reply, type Http1Request } from './http1-server.js';
 import type { RequestSink, Transport } from './transport.js';
 
 /** sun_path is 108 bytes on Linux and 104 on macOS, NUL included. */
 const MAX_SOCKET_PATH_BYTES = 103;
+/** Connections one shed may hold at once unless its policy says otherwise (limits.max_connections). */
+export const DEFAULT_CONNECTIONS_PER_SHED = 64;
+/** How often refused connections are summed up in the log, per shed. */
+const DROP_LOG_INTERVAL_MS = 60_000;
 
 export interface DirectSocketsOptions {
   socketsDir: string;
@@ -24,17 +37,31 @@ export interface DirectSocketsOptions {
   log: Logger;
   /** How long a request may wait for its answer before 504 TIMEOUT (shed-agent's limit: 30 s). */
   waitLimitMs?: number;
+  /** Connections a shed may hold at once (asked again on every setSheds). */
+  connectionsPerShed?: (shed: string) => number;
+  /** Connections across every shed; past it, new ones are closed at once. Default: from the open-file limit. */
+  maxConnections?: number;
 }
 
-/** Answers a request still waiting for the host. */
-type Respond = (reply: Http1Reply) => void;
+/** A reply to one request: an HTTP status and a JSON body. */
+interface Answer {
+  status: number;
+  /** Sent as JSON; none for a 202. */
+  body?: unknown;
+  fields?: http.OutgoingHttpHeaders;
+}
 
 interface Served {
-  server: Http1Server;
+  server: http.Server;
   path: string;
   /** Inode of the socket file we bound, so shutdown removes only our own file. */
   ino: number;
-  pending: Set<Respond>;
+  /** Requests waiting for the host, answered SHUTTING_DOWN when the socket closes. */
+  pending: Set<(answer: Answer) => void>;
+  sockets: Set<net.Socket>;
+  /** Connections refused over the shed's cap since the last log line about it. */
+  dropped: number;
+  dropTimer?: NodeJS.Timeout;
 }
 
 export class DirectSockets implements Transport {
@@ -44,11 +71,18 @@ export class DirectSockets implements Transport {
   private readonly waitLimitMs: number;
   private stopping = false;
   private sheds: string[];
+  /** Connections open across every shed. */
+  private open = 0;
+  readonly maxConnections: number;
+  /** Connections refused over the total since the last log line about it. */
+  private droppedTotal = 0;
+  private dropTotalTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: DirectSocketsOptions) {
     this.description = `direct sockets in ${options.socketsDir}`;
     this.waitLimitMs = options.waitLimitMs ?? AGENT_WAIT_LIMIT_MS;
     this.sheds = options.sheds;
+    this.maxConnections = options.maxConnections ?? connectionBudget(openFileLimit());
   }
 
   socketPath(shed: string): string {
@@ -60,13 +94,20 @@ export class DirectSockets implements Transport {
     return [...this.served.keys()].sort();
   }
 
+  /** Connections open now, per shed and in all (status, tests). */
+  get connections(): { total: number; sheds: Record<string, number> } {
+    const sheds: Record<string, number> = {};
+    for (const [name, s] of this.served) sheds[name] = s.sockets.size;
+    return { total: this.open, sheds };
+  }
+
   async start(sink: RequestSink): Promise<void> {
     this.sink = sink;
     prepareDirectory(this.options.socketsDir, this.options.log);
     await this.setSheds(this.sheds);
   }
 
-  /** Follow a policy change: open sockets for new sheds, close those of removed ones. */
+  /** Follow a policy change: open sockets for new sheds, close those of removed ones, apply connection caps. */
   async setSheds(sheds: string[]): Promise<void> {
     this.sheds = sheds;
     if (!this.sink) return;
@@ -75,45 +116,112 @@ export class DirectSockets implements Transport {
       if (!wanted.has(shed)) await this.close(shed);
     }
     for (const shed of sheds) {
-      if (!this.served.has(shed)) await this.open(shed);
+      const served = this.served.get(shed);
+      if (served) served.server.maxConnections = this.capOf(shed);
+      else await this.openShed(shed);
     }
   }
 
   async stop(): Promise<void> {
     this.stopping = true;
+    clearTimeout(this.dropTotalTimer);
     await Promise.all([...this.served.keys()].map((shed) => this.close(shed)));
   }
 
-  private async open(shed: string): Promise<void> {
+  private capOf(shed: string): number {
+    return this.options.connectionsPerShed?.(shed) ?? DEFAULT_CONNECTIONS_PER_SHED;
+  }
+
+  private async openShed(shed: string): Promise<void> {
     if (!isShedName(shed)) throw new Error(`cannot serve a socket for ${JSON.stringify(shed)}: not a valid shed name`);
     const socketPath = this.socketPath(shed);
     if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
       throw new Error(`socket path ${socketPath} is longer than the ${MAX_SOCKET_PATH_BYTES} bytes unix sockets allow; set direct.sockets_dir to a shorter directory`);
     }
-    const pending = new Set<Respond>();
-    const server = new Http1Server((req, respond, onClose) => this.onRequest(shed, req, respond, onClose, pending), {
-      maxBodyBytes: MAX_BODY_BYTES,
-      refusal: (status, message) => ({ status, body: JSON.stringify(apiErrorBody(status === 413 ? PublishApiCode.BODY_TOO_LARGE : httpCode(status), message)) }),
+    const served: Served = { server: undefined as unknown as http.Server, path: socketPath, ino: 0, pending: new Set(), sockets: new Set(), dropped: 0 };
+    const server = createHardenedServer({
+      limits: { ...DEFAULT_HTTP_LIMITS, maxBodyBytes: MAX_BODY_BYTES, maxConnections: this.capOf(shed) },
+      refusal: (_status, code, message) => JSON.stringify(apiErrorBody(code, message)),
+      onRequest: (req, res) => this.onRequest(shed, served, req, res),
+      onDrop: () => this.dropped(shed, served),
     });
-    await listenPrivate(server.server, socketPath, {
+    served.server = server;
+    server.on('connection', (socket: net.Socket) => {
+      if (this.open >= this.maxConnections) {
+        socket.destroy();
+        this.droppedOverTotal();
+        return;
+      }
+      this.open += 1;
+      served.sockets.add(socket);
+      socket.once('close', () => {
+        this.open -= 1;
+        served.sockets.delete(socket);
+      });
+    });
+    await listenPrivate(server, socketPath, {
       notSocket: `${socketPath} exists and is not a socket; move it away so the broker can serve this shed`,
       live: `another process is serving ${socketPath}; stop the other shed-host-agent first`,
       onStale: (p) => this.options.log.info(`removed stale socket ${p}`),
     });
-    server.server.on('error', (err) => this.options.log.error(`socket for shed ${shed}: ${err.message}`));
-    this.served.set(shed, { server, path: socketPath, ino: fs.statSync(socketPath).ino, pending });
+    server.on('error', (err) => this.options.log.error(`socket for shed ${shed}: ${err.message}`));
+    served.ino = fs.statSync(socketPath).ino;
+    this.served.set(shed, served);
     this.options.log.info(`serving shed ${shed} on ${socketPath}`);
+  }
+
+  /** One log line when a shed first hits its cap, then one a minute with the count while it keeps at it. */
+  private dropped(shed: string, served: Served): void {
+    served.dropped += 1;
+    if (served.dropTimer) return;
+    const cap = served.server.maxConnections;
+    this.options.log.warn(`shed ${shed} holds its ${cap} connections (limits.max_connections): closing new ones until it lets some go`);
+    served.dropped = 0;
+    const report = () => {
+      if (served.dropped === 0) {
+        served.dropTimer = undefined;
+        return;
+      }
+      this.options.log.warn(`shed ${shed}: closed ${served.dropped} connections over its cap of ${served.server.maxConnections} in the last ${DROP_LOG_INTERVAL_MS / 1000} s`);
+      served.dropped = 0;
+      served.dropTimer = setTimeout(report, DROP_LOG_INTERVAL_MS);
+      served.dropTimer.unref();
+    };
+    served.dropTimer = setTimeout(report, DROP_LOG_INTERVAL_MS);
+    served.dropTimer.unref();
+  }
+
+  private droppedOverTotal(): void {
+    this.droppedTotal += 1;
+    if (this.dropTotalTimer) return;
+    this.options.log.warn(`${this.open} connections are open across all sheds, the most this broker takes (from its open-file limit): closing new ones; raise the limit (ulimit -n) if this is legitimate`);
+    this.droppedTotal = 0;
+    const report = () => {
+      if (this.droppedTotal === 0) {
+        this.dropTotalTimer = undefined;
+        return;
+      }
+      this.options.log.warn(`closed ${this.droppedTotal} connections over the total of ${this.maxConnections} in the last ${DROP_LOG_INTERVAL_MS / 1000} s`);
+      this.droppedTotal = 0;
+      this.dropTotalTimer = setTimeout(report, DROP_LOG_INTERVAL_MS);
+      this.dropTotalTimer.unref();
+    };
+    this.dropTotalTimer = setTimeout(report, DROP_LOG_INTERVAL_MS);
+    this.dropTotalTimer.unref();
   }
 
   private async close(shed: string): Promise<void> {
     const served = this.served.get(shed);
     if (!served) return;
     this.served.delete(shed);
-    for (const respond of served.pending) {
-      respond(errorReply(PublishApiCode.SHUTTING_DOWN, 'the host broker is stopping or no longer serves this shed'));
+    clearTimeout(served.dropTimer);
+    for (const answer of [...served.pending]) {
+      answer(errorAnswer(PublishApiCode.SHUTTING_DOWN, 'the host broker is stopping or no longer serves this shed'));
     }
     served.pending.clear();
-    await served.server.close();
+    const closed = new Promise<void>((resolve) => served.server.close(() => resolve()));
+    for (const socket of served.sockets) socket.destroy();
+    await closed;
     try {
       if (fs.lstatSync(served.path).ino === served.ino) fs.unlinkSync(served.path);
     } catch {
@@ -122,88 +230,99 @@ export class DirectSockets implements Transport {
     this.options.log.info(`closed the socket of shed ${shed}`);
   }
 
-  private onRequest(shed: string, req: Http1Request, respond: Respond, onClose: (fn: () => void) => void, pending: Set<Respond>): void {
-    const url = req.target.split('?')[0];
+  private onRequest(shed: string, served: Served, req: BufferedRequest, res: http.ServerResponse): void {
+    const reply = (answer: Answer) => {
+      if (answer.body === undefined) res.writeHead(answer.status, { 'content-length': 0 }).end();
+      else sendJson(res, answer.status, JSON.stringify(answer.body), answer.fields);
+    };
+    const url = (req.url ?? '').split('?')[0]!;
     if (url !== '/v1/publish') {
-      respond(jsonReply(404, apiErrorBody('NOT_FOUND', `no such endpoint ${url}; the bus API is POST /v1/publish`)));
+      reply({ status: 404, body: apiErrorBody('NOT_FOUND', `no such endpoint ${JSON.stringify(url.slice(0, 64))}; the bus API is POST /v1/publish`) });
       return;
     }
     if (req.method !== 'POST') {
-      respond({ ...jsonReply(405, apiErrorBody('METHOD_NOT_ALLOWED', '/v1/publish takes POST')), fields: { allow: 'POST' } });
+      reply({ status: 405, body: apiErrorBody('METHOD_NOT_ALLOWED', '/v1/publish takes POST'), fields: { allow: 'POST' } });
       return;
     }
     if (this.stopping || !this.sink) {
-      respond(errorReply(PublishApiCode.SHUTTING_DOWN, 'the host broker is stopping'));
+      reply(errorAnswer(PublishApiCode.SHUTTING_DOWN, 'the host broker is stopping'));
       return;
     }
     let body: unknown;
     try {
-      body = JSON.parse(req.body.toString('utf8'));
+      body = JSON.parse(req.rawBody.toString('utf8'));
     } catch {
-      respond(errorReply(PublishApiCode.INVALID_BODY, 'the body is not JSON'));
+      reply(errorAnswer(PublishApiCode.INVALID_BODY, 'the body is not JSON'));
       return;
     }
     if (typeof body !== 'object' || body === null || Array.isArray(body)) {
-      respond(errorReply(PublishApiCode.INVALID_BODY, 'the body must be a JSON object'));
+      reply(errorAnswer(PublishApiCode.INVALID_BODY, 'the body must be a JSON object'));
       return;
     }
     const { namespace, type = 'request', payload = {} } = body as Record<string, unknown>;
     if (typeof namespace !== 'string' || namespace === '') {
-      respond(errorReply(PublishApiCode.MISSING_NAMESPACE, 'the body has no namespace'));
+      reply(errorAnswer(PublishApiCode.MISSING_NAMESPACE, 'the body has no namespace'));
       return;
     }
     if (namespace.length > MAX_NAMESPACE_LENGTH) {
-      respond(errorReply(PublishApiCode.INVALID_BODY, `namespace is longer than ${MAX_NAMESPACE_LENGTH} characters`));
+      reply(errorAnswer(PublishApiCode.INVALID_BODY, `namespace is longer than ${MAX_NAMESPACE_LENGTH} characters`));
       return;
     }
     if (type !== 'request' && type !== 'event') {
-      respond(errorReply(PublishApiCode.INVALID_TYPE, 'type must be "request" or "event"'));
+      reply(errorAnswer(PublishApiCode.INVALID_TYPE, 'type must be "request" or "event"'));
       return;
     }
     if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) {
-      respond(errorReply(PublishApiCode.INVALID_BODY, 'payload must be a JSON object'));
+      reply(errorAnswer(PublishApiCode.INVALID_BODY, 'payload must be a JSON object'));
       return;
     }
     const envelope = requestEnvelope(namespace, payload as Payload, { name: shed, backend: 'direct-socket' }, type);
     if (type === 'event') {
-      respond({ status: 202, body: '' });
+      reply({ status: 202 });
       this.sink(envelope, shed, async () => undefined);
       return;
     }
-    const timer = setTimeout(() => {
-      if (pending.delete(respond)) respond(errorReply(PublishApiCode.TIMEOUT, `no response within ${this.waitLimitMs / 1000} s`));
-    }, this.waitLimitMs);
-    pending.add(respond);
-    onClose(() => {
+    const pending = served.pending;
+    const answer = (a: Answer) => {
       clearTimeout(timer);
-      pending.delete(respond);
-    });
-    this.sink(envelope, shed, async (answer) => {
+      if (pending.delete(answer)) reply(a);
+    };
+    const timer = setTimeout(() => answer(errorAnswer(PublishApiCode.TIMEOUT, `no response within ${this.waitLimitMs / 1000} s`)), this.waitLimitMs);
+    pending.add(answer);
+    // The guest went away: nothing to answer, and nothing kept for it.
+    res.once('close', () => {
       clearTimeout(timer);
-      if (!pending.delete(respond)) return;
-      respond(jsonReply(200, responseEnvelope(envelope, answer)));
+      pending.delete(answer);
     });
+    this.sink(envelope, shed, async (payload) => answer({ status: 200, body: responseEnvelope(envelope, payload) }));
   }
 }
 
-function jsonReply(status: number, body: unknown): Http1Reply {
-  return { status, body: JSON.stringify(body) };
+function errorAnswer(code: PublishApiCode, message: string): Answer {
+  return { status: PUBLISH_API_STATUS[code], body: apiErrorBody(code, message) };
 }
 
-function errorReply(code: PublishApiCode, message: string): Http1Reply {
-  return jsonReply(PUBLISH_API_STATUS[code], apiErrorBody(code, message));
-}
-
-/** The error code of a request the HTTP layer refused. */
-function httpCode(status: number): string {
-  switch (status) {
-    case 408:
-      return 'REQUEST_TIMEOUT';
-    case 431:
-      return 'HEADERS_TOO_LARGE';
-    default:
-      return 'BAD_REQUEST';
+/** The process's open-file limit (RLIMIT_NOFILE, soft), as Node raised it at start. */
+export function openFileLimit(): number {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+    if (m) return m[1] === 'unlimited' ? 1 << 20 : Number(m[1]);
+  } catch {
+    // Not Linux: ask a shell, which inherits the limit.
   }
+  const out = spawnSync('/bin/sh', ['-c', 'ulimit -n'], { encoding: 'utf8', timeout: 2000 });
+  const n = /^\d+/.exec(out.stdout ?? '')?.[0];
+  if (n) return Number(n);
+  return out.stdout?.trim() === 'unlimited' ? 1 << 20 : 1024;
+}
+
+/**
+ * The guests' share of the open-file limit: half of what is left after 256
+ * for the broker's own use (audit files, policy watches, agent and helper
+ * connections, which a request may open while its guest connection is open).
+ */
+export function connectionBudget(limit: number): number {
+  return Math.max(64, Math.floor((limit - 256) / 2));
 }
 
 /** Create the sockets directory 0700, owned by us; tighten it if it is looser. */

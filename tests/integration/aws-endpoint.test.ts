@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { createAwsHandler } from '../../host-broker/aws/handler.js';
 import { startAwsEndpoint, type RunningEndpoint } from '../../guest-services/aws-credentials/server.js';
@@ -76,6 +76,39 @@ describe('shed-ext-aws-credentials endpoint', function () {
     expect(ok.headers.get('content-type')).to.equal('application/json');
     expect(ok.headers.get('cache-control')).to.equal('no-store');
     expect((await ok.json() as { Expiration: string }).Expiration).to.match(/Z$/);
+  });
+
+  it('serves only requests addressed to a loopback name (no DNS rebinding), token or not', async () => {
+    const e = await endpoint(harness.publishUrl('alpha'));
+    const get = (host: string | undefined) => new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const headers: http.OutgoingHttpHeaders = host === undefined ? {} : { host };
+      const req = http.request({ host: '127.0.0.1', port: e.port, path: '/credentials', headers, setHost: host !== undefined }, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    for (const host of [`127.0.0.1:${e.port}`, `localhost:${e.port}`, 'LOCALHOST', `[::1]:${e.port}`]) {
+      expect((await get(host)).status, host).to.equal(200);
+    }
+    for (const host of [`evil.example:${e.port}`, '127.0.0.1.nip.io', `127.0.0.2:${e.port}`, 'localhost.evil.example']) {
+      const res = await get(host);
+      expect(res.status, `Host ${JSON.stringify(host)}`).to.equal(403);
+      expect(JSON.parse(res.body).Message).to.match(/only requests addressed to 127\.0\.0\.1 or localhost/);
+      expect(res.body).not.to.contain('AccessKeyId');
+    }
+    // HTTP/1.0 needs no Host: without one, nothing says where it was meant to go.
+    const raw = await new Promise<string>((resolve) => {
+      const sock = net.connect(e.port, '127.0.0.1', () => sock.write('GET /credentials HTTP/1.0\r\n\r\n'));
+      let out = '';
+      sock.on('data', (d: Buffer) => (out += d.toString()));
+      sock.on('close', () => resolve(out));
+    });
+    expect(raw).to.match(/^HTTP\/1\.1 403 /);
+    expect(log.lines.join('\n')).to.match(/refused a request addressed to Host evil\.example/);
+    expect(log.lines.join('\n')).to.match(/refused a request addressed to no Host/);
   });
 
   it('503 naming shed-host-agent when the broker socket is missing; the status file says why', async () => {

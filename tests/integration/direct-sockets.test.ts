@@ -1,15 +1,17 @@
 import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { BusClient } from '../../guest-services/bus-client.js';
 import type { NamespaceHandler } from '../../host-broker/handler.js';
-import { DirectSockets } from '../../host-broker/transports/direct-sockets.js';
+import { connectionBudget, DirectSockets, openFileLimit } from '../../host-broker/transports/direct-sockets.js';
 import type { RequestSink } from '../../host-broker/transports/transport.js';
 import { Envelope } from '../../protocol/envelope.js';
 import { memoryLogger } from '../../protocol/log.js';
 import { startDirectBroker, type Harness } from '../support/harness.js';
-import { spawnTracked, tempDir } from '../support/procs.js';
+import { spawnTracked, tempDir, waitFor } from '../support/procs.js';
 
 /** Raw HTTP over a unix socket, to check the publish API byte for byte. */
 function post(socketPath: string, body: string | Buffer, options: { method?: string; path?: string } = {}): Promise<{ status: number; json: unknown }> {
@@ -187,5 +189,71 @@ describe('direct sockets transport', () => {
     const err = await h.setPolicy({ version: 2 });
     expect(err?.message).to.match(/version/);
     expect(fs.readdirSync(dir)).to.deep.equal(['beta.sock']);
+  });
+
+  it('caps each shed\'s connections (limits.max_connections) and all of them together: a shed at its cap delays no other', async () => {
+    h = await startDirectBroker({ policy: { version: 1, defaults: { limits: { max_connections: 4 } }, sheds: { alpha: {}, beta: { limits: { max_connections: 8 } } } }, handlers: [echo] });
+    const connect = (shed: string) => new Promise<net.Socket>((resolve, reject) => {
+      const s = net.connect(h.publishUrl(shed).slice('unix:'.length), () => resolve(s));
+      s.on('error', reject);
+    });
+    const held = await Promise.all(Array.from({ length: 4 }, () => connect('alpha')));
+    try {
+      const direct = h.broker.directSockets!;
+      await waitFor(() => direct.connections.sheds.alpha === 4, 2000, 'alpha\'s connections');
+      // A fifth is closed at once, without an answer.
+      const extra = await connect('alpha');
+      await new Promise((r) => extra.once('close', r));
+      expect(direct.connections.sheds.alpha).to.equal(4);
+      expect(h.log.lines.join('\n')).to.match(/shed alpha holds its 4 connections \(limits\.max_connections\)/);
+      // beta has a cap of its own and answers as ever.
+      const client = new BusClient({ publishUrl: h.publishUrl('beta') });
+      try {
+        expect(await client.publish('ssh-agent', { operation: 'list' })).to.include({ shed: 'beta' });
+      } finally {
+        client.close();
+      }
+      // A reload applies the new cap to the running socket.
+      expect(await h.setPolicy({ version: 1, defaults: { limits: { max_connections: 5 } }, sheds: { alpha: {}, beta: {} } })).to.equal(undefined);
+      const fifth = await connect('alpha');
+      await waitFor(() => direct.connections.sheds.alpha === 5, 2000, 'the fifth connection');
+      held.push(fifth);
+    } finally {
+      for (const s of held) s.destroy();
+    }
+  });
+
+  it('closes new connections past the total it takes across sheds, and says so once', async () => {
+    const dir = path.join(tempDir('shed-d'), 's');
+    const log = memoryLogger();
+    const transport = new DirectSockets({ socketsDir: dir, sheds: ['alpha', 'beta'], log, maxConnections: 3 });
+    await transport.start(() => undefined);
+    const held: net.Socket[] = [];
+    try {
+      for (const shed of ['alpha', 'alpha', 'beta']) {
+        held.push(await new Promise<net.Socket>((r) => {
+          const s = net.connect(transport.socketPath(shed), () => r(s));
+        }));
+      }
+      await waitFor(() => transport.connections.total === 3, 2000, 'three connections');
+      for (let i = 0; i < 5; i++) {
+        const s = net.connect(transport.socketPath('beta'));
+        s.on('error', () => undefined);
+        await new Promise((r) => s.once('close', r));
+      }
+      expect(transport.connections).to.deep.equal({ total: 3, sheds: { alpha: 2, beta: 1 } });
+      expect(log.lines.filter((l) => /the most this broker takes/.test(l))).to.have.length(1);
+    } finally {
+      for (const s of held) s.destroy();
+      await transport.stop();
+    }
+  });
+
+  it('draws its total from the open-file limit, leaving the broker room of its own', () => {
+    const shell = Number(execFileSync('/bin/sh', ['-c', 'ulimit -n'], { encoding: 'utf8' }).trim());
+    expect(openFileLimit()).to.equal(shell);
+    expect(connectionBudget(512)).to.equal(128);
+    expect(connectionBudget(20_000)).to.equal(9872);
+    expect(connectionBudget(256)).to.equal(64);
   });
 });

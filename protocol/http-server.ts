@@ -1,0 +1,182 @@
+/**
+ * node:http configured for peers that may be hostile: the broker's direct
+ * shed sockets and the guest's AWS endpoint. llhttp (fuzzed by the Node
+ * project) parses; this module sets every limit deliberately and makes sure
+ * a refused connection is gone, not parked:
+ *
+ * - the head must arrive within `headersTimeoutMs`, the whole request within
+ *   `requestTimeoutMs`, however slowly it trickles (408, then closed);
+ * - an idle keep-alive connection closes after `keepAliveTimeoutMs`;
+ * - a head (or a chunked trailer) over `maxHeaderBytes` is 431, a chunk
+ *   extension over 16 KiB or any malformed framing 400, then closed;
+ * - a body over `maxBodyBytes` is 413 and the connection closed, without
+ *   reading the rest (a declared Content-Length is refused before a byte);
+ * - a connection may have at most `maxPipelined` requests in flight (real
+ *   clients send one at a time); past that it is closed;
+ * - at most `maxConnections` connections at once; more are closed as they
+ *   are accepted, and `onDrop` is told.
+ *
+ * A refusal is answered once when the socket can take it, and the socket is
+ * destroyed at most CLOSE_GRACE_MS later whether or not its peer reads.
+ */
+import http from 'node:http';
+import type net from 'node:net';
+
+export interface HttpLimits {
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  maxHeaderBytes: number;
+  maxBodyBytes: number;
+  maxPipelined: number;
+  maxConnections: number;
+}
+
+export const DEFAULT_HTTP_LIMITS: HttpLimits = {
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 20_000,
+  keepAliveTimeoutMs: 5_000,
+  maxHeaderBytes: 16 * 1024,
+  maxBodyBytes: 1024 * 1024,
+  maxPipelined: 4,
+  maxConnections: 64,
+};
+
+/** How long a refused connection may linger for its answer to be read. */
+export const CLOSE_GRACE_MS = 1000;
+
+/** A request whose body has been read whole (`rawBody`, which @hono/node-server also honours). */
+export type BufferedRequest = http.IncomingMessage & { rawBody: Buffer };
+
+/** The JSON body of a refusal: `code` is an UPPER_SNAKE reason, `message` what happened and what to do. */
+export type RefusalBody = (status: number, code: string, message: string) => string;
+
+export interface HardenedServerOptions {
+  limits?: Partial<HttpLimits>;
+  /** Serves a request whose body is whole; the response is the handler's to end. */
+  onRequest: (req: BufferedRequest, res: http.ServerResponse) => void;
+  refusal: RefusalBody;
+  /** Told of each connection closed because the server was at maxConnections. */
+  onDrop?: () => void;
+}
+
+const REFUSALS: Record<string, [number, string, string]> = {
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'REQUEST_TIMEOUT', 'the request did not arrive whole in time'],
+  HPE_HEADER_OVERFLOW: [431, 'HEADERS_TOO_LARGE', 'the request head is too large'],
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: [400, 'BAD_REQUEST', 'a chunk extension is too large'],
+};
+
+/** Per connection: requests read and not yet answered. */
+const inFlight = new WeakMap<net.Socket, number>();
+/** Per connection: the newest request's response, for a parse error in its body. */
+const latest = new WeakMap<net.Socket, http.ServerResponse>();
+
+export function createHardenedServer(options: HardenedServerOptions): http.Server {
+  const limits = { ...DEFAULT_HTTP_LIMITS, ...options.limits };
+  const server = http.createServer({
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    maxHeaderSize: limits.maxHeaderBytes,
+    connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs),
+    // Checked below instead, so the refusal has a JSON body like every other.
+    requireHostHeader: false,
+  });
+  server.maxConnections = limits.maxConnections;
+  if (options.onDrop) server.on('drop', options.onDrop);
+
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
+    const [status, code, message] = REFUSALS[err.code ?? ''] ?? [400, 'BAD_REQUEST', 'the request is not valid HTTP/1.1'];
+    const body = options.refusal(status, code, `${message}; the connection is closed`);
+    // A body that goes wrong after its head was read: its response is the way to answer.
+    const res = latest.get(socket);
+    if (res && !res.headersSent) {
+      res.shouldKeepAlive = false;
+      sendJson(res, status, body);
+      closeSoon(socket);
+      return;
+    }
+    refuseSocket(socket, status, body);
+  });
+
+  server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const socket = req.socket;
+    latest.set(socket, res);
+    const pending = (inFlight.get(socket) ?? 0) + 1;
+    inFlight.set(socket, pending);
+    let counted = true;
+    const done = () => {
+      if (!counted) return;
+      counted = false;
+      inFlight.set(socket, (inFlight.get(socket) ?? 1) - 1);
+    };
+    res.once('close', done);
+    if (pending > limits.maxPipelined) {
+      // A flood of pipelined requests would all be served at once.
+      socket.destroy();
+      return;
+    }
+    const refuse = (status: number, code: string, message: string) => {
+      res.shouldKeepAlive = false;
+      sendJson(res, status, options.refusal(status, code, message));
+      closeSoon(socket);
+    };
+    if (req.httpVersionMinor === 1 && req.headers.host === undefined) {
+      refuse(400, 'BAD_REQUEST', 'an HTTP/1.1 request needs a Host header');
+      return;
+    }
+    const declared = req.headers['content-length'];
+    if (declared !== undefined && Number(declared) > limits.maxBodyBytes) {
+      refuse(413, 'BODY_TOO_LARGE', `the body (${declared} bytes) is larger than ${limits.maxBodyBytes} bytes`);
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let over = false;
+    req.on('data', (chunk: Buffer) => {
+      if (over) return;
+      size += chunk.length;
+      if (size > limits.maxBodyBytes) {
+        over = true;
+        chunks.length = 0;
+        refuse(413, 'BODY_TOO_LARGE', `the body is larger than ${limits.maxBodyBytes} bytes`);
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => {
+      if (over || res.writableEnded) return;
+      const buffered = req as BufferedRequest;
+      buffered.rawBody = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+      options.onRequest(buffered, res);
+    });
+    // An aborted request: the socket is gone or going; nothing to answer.
+    req.on('error', () => socket.destroy());
+  });
+  return server;
+}
+
+/** Answer JSON, unless the response has begun or the peer is gone. */
+export function sendJson(res: http.ServerResponse, status: number, body: string, fields: http.OutgoingHttpHeaders = {}): void {
+  if (res.headersSent || res.writableEnded || res.destroyed) return;
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...fields });
+  res.end(body);
+}
+
+/** Write one raw refusal on a socket the parser gave up on, then make sure it closes. */
+function refuseSocket(socket: net.Socket, status: number, body: string): void {
+  // Not while a response is being written on it: that would corrupt it.
+  if (socket.writable && !(socket as net.Socket & { _httpMessage?: unknown })._httpMessage) {
+    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  }
+  closeSoon(socket);
+}
+
+/** Destroy the socket once its answer is out, or after CLOSE_GRACE_MS if its peer does not read. */
+function closeSoon(socket: net.Socket): void {
+  if (socket.destroyed) return;
+  const timer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+  socket.end();
+}
