@@ -102,6 +102,13 @@ export interface CallOptions {
 
 /** Idle connections kept for reuse. */
 const MAX_IDLE = 8;
+/**
+ * Requests one client has on the wire at once; more wait their turn within
+ * their deadline. The host serves a shed 16 at a time (limits.max_concurrent)
+ * and takes 64 connections from it (limits.max_connections), shared by every
+ * service of the shed: a burst of one service must not take them all.
+ */
+export const MAX_IN_FLIGHT = 16;
 
 export class BusClient {
   readonly target: PublishTarget;
@@ -110,6 +117,8 @@ export class BusClient {
   private readonly idle: Http1Connection[] = [];
   private readonly busy = new Set<Http1Connection>();
   private closed = false;
+  private inFlight = 0;
+  private readonly waiting: Array<() => void> = [];
 
   constructor(options: BusClientOptions = {}) {
     this.target = parsePublishUrl(options.publishUrl ?? DEFAULT_PUBLISH_URL);
@@ -199,7 +208,11 @@ export class BusClient {
           this.busy.delete(conn);
         }
       };
-      send(true).then(
+      const slot = this.take();
+      slot.then(() => {
+        if (settled || this.closed) throw Object.assign(new Error('the client was closed'), { code: 'ECONNRESET' });
+        return send(true);
+      }).finally(() => this.give()).then(
         (res) => finish(() => {
           try {
             resolve(this.interpret(res.status, res.body.toString('utf8'), namespace));
@@ -212,6 +225,22 @@ export class BusClient {
           : this.transportError(err, namespace))),
       );
     });
+  }
+
+  /** A place among the MAX_IN_FLIGHT requests on the wire, in turn. */
+  private take(): Promise<void> {
+    if (this.inFlight < MAX_IN_FLIGHT) {
+      this.inFlight += 1;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  /** Hand the place to the next waiting request, or free it. */
+  private give(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.inFlight -= 1;
   }
 
   private interpret(status: number, text: string, namespace: string): Envelope {

@@ -10,6 +10,7 @@ import type { Logger } from '../protocol/log.js';
 import { Approvals } from './approval/approvals.js';
 import { AuditLog } from './audit/audit-log.js';
 import type { AuditSink } from './audit/audit.js';
+import { AuditGovernor } from './audit/governor.js';
 import { Dispatcher, type Admission, type Approver } from './dispatch.js';
 import type { NamespaceHandler } from './handler.js';
 import { Limits } from './limits/limits.js';
@@ -26,7 +27,11 @@ export interface BrokerOptions {
   log: Logger;
   /** Defaults to every namespace this build serves. */
   handlers?: NamespaceHandler[];
-  /** Defaults to the JSON-lines file at the policy's `audit.path` (rotated by `max_bytes`/`keep`). */
+  /**
+   * Where audit lines go; defaults to the per-shed JSON-lines files in the
+   * policy's `audit.dir` (rotated by `max_bytes`/`keep`). Either way the
+   * governor (audit/governor.ts) bounds each shed's denials in front of it.
+   */
   audit?: AuditSink;
   /** Defaults to the policy's approval gates (approval/), checked at start and on reload. */
   approver?: Approver;
@@ -43,7 +48,8 @@ export class Broker {
   private dispatcher: Dispatcher | undefined;
   private direct: DirectSockets | undefined;
   private transports: Transport[] = [];
-  private audit: AuditSink | undefined;
+  private audit: AuditGovernor | undefined;
+  private auditLog: AuditLog | undefined;
   private approvals: Approvals | undefined;
   private limits: Limits | undefined;
 
@@ -74,7 +80,8 @@ export class Broker {
       await this.checkGates(policy);
     }
     if (!this.options.admission) this.limits = new Limits();
-    this.audit = this.options.audit ?? new AuditLog(policy.audit.path, { maxBytes: policy.audit.maxBytes, keep: policy.audit.keep, log });
+    if (!this.options.audit) this.auditLog = new AuditLog(policy.audit.dir, { maxBytes: policy.audit.maxBytes, keep: policy.audit.keep, log });
+    this.audit = new AuditGovernor(this.options.audit ?? this.auditLog!, { denialsPerMinute: () => this.policy.audit.denialsPerMinute, log });
     const handlers = this.options.handlers ?? createHandlers({ log });
     this.dispatcher = new Dispatcher({
       policy: () => this.policy,
@@ -146,9 +153,7 @@ export class Broker {
     for (const section of transportChanges(previous, next)) {
       this.options.log.warn(`policy reload: ${section} changed, but transports are set up at start; restart shed-host-agent to apply it (the running ones keep their settings)`);
     }
-    if (this.audit instanceof AuditLog && !this.options.audit) {
-      this.audit.configure(next.audit.path, { maxBytes: next.audit.maxBytes, keep: next.audit.keep });
-    }
+    this.auditLog?.configure(next.audit.dir, { maxBytes: next.audit.maxBytes, keep: next.audit.keep });
     await this.direct?.setSheds(next.namedSheds());
     this.options.log.info(`policy reloaded from ${next.files.join(', ')}: ${next.namedSheds().length} named sheds${next.hasWildcard() ? ' and "*"' : ''}`);
     return undefined;

@@ -5,10 +5,11 @@
  * id at most once.
  */
 import { CommonCode } from '../protocol/codes.js';
-import { errorPayload, isErrorPayload, type Envelope, type Namespace, type Payload } from '../protocol/envelope.js';
-import type { Logger } from '../protocol/log.js';
+import { errorPayload, isErrorPayload, isOperation, type Envelope, type Namespace, type Payload } from '../protocol/envelope.js';
+import { LogThrottle, type Logger } from '../protocol/log.js';
+import { printable } from '../protocol/text.js';
 import { uuidv7Time } from '../protocol/messages.js';
-import type { AuditEntry, AuditSink } from './audit/audit.js';
+import { auditName, type AuditEntry, type AuditSink } from './audit/audit.js';
 import { DedupeWindow } from './dedupe.js';
 import { BrokerError, type ApprovalOutcome, type ApprovalSubject, type NamespaceHandler, type RequestContext } from './handler.js';
 import type { EffectiveShed } from './policy/effective.js';
@@ -44,6 +45,9 @@ export interface DispatcherOptions {
 /** Allowed clock difference between a guest and the host for request ids. */
 export const MAX_CLOCK_SKEW_MS = 60_000;
 
+/** An audit line before its time stamp, with the error code of a denial. */
+type AuditRecord = Omit<AuditEntry, 'ts'> & { code?: string };
+
 /** Operations that are not credential operations: answered without an audit line. */
 const QUIET_OPERATIONS = new Set(['ping', 'status']);
 
@@ -51,10 +55,13 @@ export class Dispatcher {
   private readonly handlers = new Map<string, NamespaceHandler>();
   private readonly dedupe: DedupeWindow;
   private readonly abort = new AbortController();
+  /** Refusals a guest can repeat at will are logged once a minute with their count. */
+  private readonly throttle: LogThrottle;
 
   constructor(private readonly options: DispatcherOptions) {
     for (const h of options.handlers) this.handlers.set(h.namespace, h);
     this.dedupe = options.dedupe ?? new DedupeWindow();
+    this.throttle = new LogThrottle(options.log);
   }
 
   /** Namespaces with a handler. */
@@ -74,26 +81,33 @@ export class Dispatcher {
    */
   async dispatch(envelope: Envelope, shed: string): Promise<Payload | undefined> {
     if (envelope.type !== 'request') {
-      this.options.log.debug(`shed ${shed}: ignoring ${envelope.type} on ${envelope.namespace}`);
+      this.options.log.debug(`shed ${shed}: ignoring ${envelope.type} on ${printable(envelope.namespace, 64)}`);
       return undefined;
     }
     const operation = typeof envelope.payload.operation === 'string' ? envelope.payload.operation : '';
-    const base = { shed, ns: envelope.namespace, op: operation || '(none)', request_id: envelope.id };
+    // What the guest named is written as it is only when this broker knows it.
+    const known = this.handlers.get(envelope.namespace)?.operations;
+    const base = {
+      shed,
+      ns: auditName(envelope.namespace, this.handlers.has(envelope.namespace)),
+      op: operation ? auditName(operation, known ? operation === 'ping' || known.includes(operation) : isOperation(envelope.namespace, operation)) : '(none)',
+      request_id: envelope.id,
+    };
 
     const dated = this.checkIdTime(envelope.id);
     if (dated) {
-      this.options.log.warn(`shed ${shed}: request ${envelope.id} on ${envelope.namespace} refused: ${dated.message}`);
-      await this.record({ ...base, result: 'denied', detail: dated.code, approval: 'none' });
+      this.throttle.warn(`${shed} ${dated.code}`, `shed ${shed}: request ${envelope.id} on ${base.ns} refused: ${dated.message}`);
+      await this.record({ ...base, result: 'denied', detail: dated.code, approval: 'none', code: dated.code });
       return errorPayload(dated.code, dated.message);
     }
     if (!this.dedupe.take(shed, envelope.id)) {
-      this.options.log.warn(`shed ${shed}: request ${envelope.id} on ${envelope.namespace} seen already; not answering it twice`);
-      await this.record({ ...base, result: 'denied', detail: CommonCode.DUPLICATE_REQUEST, approval: 'none' });
+      this.throttle.warn(`${shed} duplicate`, `shed ${shed}: request ${envelope.id} on ${base.ns} seen already; not answering it twice`);
+      await this.record({ ...base, result: 'denied', detail: CommonCode.DUPLICATE_REQUEST, approval: 'none', code: CommonCode.DUPLICATE_REQUEST });
       return undefined;
     }
 
     const deny = async (code: string, message: string, detail: string = code) => {
-      await this.record({ ...base, result: 'denied', detail, approval: 'none' });
+      await this.record({ ...base, result: 'denied', detail, approval: 'none', code });
       return errorPayload(code, message);
     };
 
@@ -146,7 +160,7 @@ export class Dispatcher {
     };
     let release: (() => void) | undefined;
     let answer: Payload;
-    let entry: Omit<AuditEntry, 'ts'>;
+    let entry: AuditRecord;
     try {
       if (this.options.admission) {
         release = await this.options.admission({ shed: policy, namespace, operation, requestId: envelope.id, quiet });
@@ -156,7 +170,7 @@ export class Dispatcher {
     } catch (err) {
       if (err instanceof BrokerError) {
         answer = errorPayload(err.code, err.message);
-        entry = { ...base, result: err.result, detail: err.options.detail ?? ctx.detail ?? err.code, approval: ctx.approval };
+        entry = { ...base, result: err.result, detail: err.options.detail ?? ctx.detail ?? err.code, approval: ctx.approval, code: err.code };
       } else {
         // The text of an unexpected error may quote input or key material: the
         // guest gets a generic message, the host log the error's kind and where.
@@ -205,9 +219,11 @@ export class Dispatcher {
   }
 
   /** Write an audit line; false (and a loud log line) when it could not be written. */
-  private async record(entry: Omit<AuditEntry, 'ts'>): Promise<boolean> {
+  private async record(record: AuditRecord): Promise<boolean> {
+    const { code, ...entry } = record;
     try {
-      await this.options.audit.write({ ts: new Date().toISOString(), ...entry });
+      // The governor (audit/governor.ts) takes the code of a denial; a plain sink the line alone.
+      await this.options.audit.write(Object.assign({ ts: new Date().toISOString(), ...entry }, code && entry.result === 'denied' ? { code } : {}));
       return true;
     } catch (err) {
       this.options.log.error(`audit log write failed, ${entry.ns} ${entry.op} for shed ${entry.shed} is unaudited: ${(err as Error).message}`);
@@ -218,6 +234,7 @@ export class Dispatcher {
   /** Abort in-flight handlers and close them. */
   async close(): Promise<void> {
     this.abort.abort();
+    this.throttle.close();
     await Promise.all([...this.handlers.values()].map((h) => h.close?.()));
   }
 }

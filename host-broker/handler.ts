@@ -61,6 +61,8 @@ export interface RequestContext {
 
 export interface NamespaceHandler {
   readonly namespace: Namespace;
+  /** The operations it serves (`ping` aside); the protocol's list for the namespace when absent. An audit line names others as unknown. */
+  readonly operations?: readonly string[];
   /**
    * Serve one operation. `ping` never reaches a handler (the dispatcher
    * answers it); everything else does, `status` included. An operation the

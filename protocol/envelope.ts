@@ -13,6 +13,17 @@ export function isNamespace(value: string): value is Namespace {
   return (NAMESPACES as readonly string[]).includes(value);
 }
 
+/** Each namespace's operations (PROTOCOL.md section 4, and `bind`); `ping` is every namespace's. */
+export const OPERATIONS: Record<Namespace, readonly string[]> = {
+  'ssh-agent': ['list', 'sign', 'bind', 'status'],
+  'aws-credentials': ['get_credentials', 'status'],
+  'docker-credentials': ['get', 'list', 'status', 'store', 'erase'],
+};
+
+export function isOperation(namespace: string, operation: string): boolean {
+  return operation === 'ping' || (isNamespace(namespace) && OPERATIONS[namespace].includes(operation));
+}
+
 /** shed's rule: lowercase letters, digits, hyphens; starts with a letter; no trailing hyphen; at most 63. */
 export const SHED_NAME_RE = /^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 

@@ -52,3 +52,50 @@ export function memoryLogger(program = 'test'): Logger & { lines: string[] } {
   const lines: string[] = [];
   return Object.assign(createLogger(program, { level: 'debug', write: (l) => lines.push(l) }), { lines });
 }
+
+/**
+ * Log lines that a peer can cause at will (a refused connection, a refused
+ * request), bounded: the first line of a kind is written at once, the
+ * others of that kind within `intervalMs` are counted, and one line at the
+ * end of the interval says how many there were. Past `maxKinds` kinds at
+ * once, new kinds share one count.
+ */
+export class LogThrottle {
+  private readonly kinds = new Map<string, { count: number; first: string; timer: NodeJS.Timeout }>();
+
+  constructor(
+    private readonly log: Logger,
+    private readonly intervalMs = 60_000,
+    private readonly maxKinds = 256,
+  ) {}
+
+  warn(kind: string, message: string): void {
+    const key = this.kinds.has(kind) || this.kinds.size < this.maxKinds ? kind : '(other)';
+    const seen = this.kinds.get(key);
+    if (seen) {
+      seen.count += 1;
+      return;
+    }
+    this.log.warn(message);
+    const state = { count: 0, first: message, timer: undefined as unknown as NodeJS.Timeout };
+    const report = () => {
+      if (state.count === 0) {
+        this.kinds.delete(key);
+        return;
+      }
+      this.log.warn(`${state.count} more like this in the last ${Math.round(this.intervalMs / 1000)} s: ${state.first}`);
+      state.count = 0;
+      state.timer = setTimeout(report, this.intervalMs);
+      state.timer.unref();
+    };
+    state.timer = setTimeout(report, this.intervalMs);
+    state.timer.unref();
+    this.kinds.set(key, state);
+  }
+
+  /** Forget every count (shutdown). */
+  close(): void {
+    for (const { timer } of this.kinds.values()) clearTimeout(timer);
+    this.kinds.clear();
+  }
+}

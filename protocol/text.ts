@@ -9,6 +9,7 @@
 const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/u;
 const UNSAFE_ALL = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu;
 const UNSAFE_OR_BACKSLASH = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}\\]/gu;
+const UNSAFE_OR_BACKSLASH_ONE = /^[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}\\]$/u;
 
 function escapeChar(c: string): string {
   if (c === '\\') return '\\\\';
@@ -26,11 +27,20 @@ export function escapeControls(text: string): string {
 }
 
 /**
- * Someone else's text as one printable line of at most `max` characters of
- * the original (cut with `…`): unsafe characters escaped as `\xNN` or
- * `\u{NNNN}`, and backslashes doubled so an escape cannot be forged.
+ * Someone else's text as one printable line of at most `max` characters
+ * (cut with `…`, never inside an escape): unsafe characters escaped as
+ * `\xNN` or `\u{NNNN}`, and backslashes doubled so an escape cannot be forged.
  */
 export function printable(text: string, max = 200): string {
-  const cut = text.length > max ? `${text.slice(0, max)}…` : text;
-  return cut.replace(UNSAFE_OR_BACKSLASH, escapeChar);
+  const head = text.length > max ? text.slice(0, max) : text;
+  const escaped = head.replace(UNSAFE_OR_BACKSLASH, escapeChar);
+  if (escaped.length <= max && head.length === text.length) return escaped;
+  // Cut at the last whole character or escape that fits, and say so.
+  let out = '';
+  for (const c of head) {
+    const piece = UNSAFE_OR_BACKSLASH_ONE.test(c) ? escapeChar(c) : c;
+    if (out.length + piece.length > max) break;
+    out += piece;
+  }
+  return `${out}…`;
 }

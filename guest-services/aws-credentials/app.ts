@@ -9,7 +9,8 @@ import { Hono, type Context } from 'hono';
 import { AwsCredentialsResponse, toContainerCredentials } from '../../protocol/aws-credentials.js';
 import { compiledOnceHot } from '../../protocol/compiled.js';
 import type { Payload } from '../../protocol/envelope.js';
-import type { Logger } from '../../protocol/log.js';
+import { LogThrottle, type Logger } from '../../protocol/log.js';
+import { printable } from '../../protocol/text.js';
 import { BusError } from '../bus-client.js';
 import type { BusState } from '../status-file.js';
 
@@ -44,12 +45,14 @@ export function createAwsApp(options: AwsAppOptions): Hono {
   const { bus, log } = options;
   const expected = options.authToken === undefined ? undefined : digest(options.authToken);
   const app = new Hono();
+  // A process in the VM can repeat a refused request at will: logged once a minute with the count.
+  const throttle = new LogThrottle(log);
 
   if (expected) {
     app.use('*', async (c, next) => {
       const given = c.req.header('authorization');
       if (given === undefined || !timingSafeEqual(digest(given), expected)) {
-        log.warn(`refused ${c.req.method} ${c.req.path.slice(0, 100)}: ${given === undefined ? 'no' : 'wrong'} Authorization header`);
+        throttle.warn(given === undefined ? 'no token' : 'wrong token', `refused ${printable(c.req.method, 16)} ${printable(c.req.path, 100)}: ${given === undefined ? 'no' : 'wrong'} Authorization header`);
         return errorBody(c, 403, 'AccessDenied',
           'this endpoint needs the Authorization header the AWS SDKs send from AWS_CONTAINER_AUTHORIZATION_TOKEN: export it '
           + 'with the content of the token file (older AWS CLIs and boto3 ignore AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE) and retry');

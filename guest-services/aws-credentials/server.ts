@@ -8,7 +8,7 @@ import { getRequestListener } from '@hono/node-server';
 import { compile } from 'zod/mini';
 import { compileHotSchemas } from '../../protocol/compiled.js';
 import { createHardenedServer, sendJson } from '../../protocol/http-server.js';
-import type { Logger } from '../../protocol/log.js';
+import { LogThrottle, type Logger } from '../../protocol/log.js';
 import { printable } from '../../protocol/text.js';
 import { BusClient, BusError } from '../bus-client.js';
 import { createAwsApp, NAMESPACE } from './app.js';
@@ -60,6 +60,7 @@ export async function startAwsEndpoint(options: EndpointOptions): Promise<Runnin
   const status = new StatusFile(options.statusDir && path.join(options.statusDir, STATUS_FILE), log);
   const app = createAwsApp({ bus, authToken: options.authToken, log, onBusState: (s) => status.set(s) });
   const listener = getRequestListener(app.fetch);
+  const throttle = new LogThrottle(log);
   const hosts = new Set([...LOOPBACK_NAMES, ...(isLoopbackHost(options.host) ? [] : [options.host.includes(':') ? `[${options.host}]` : options.host])]);
   const server = createHardenedServer({
     // No request here has a body worth more than a few bytes; SDKs send none.
@@ -70,7 +71,7 @@ export async function startAwsEndpoint(options: EndpointOptions): Promise<Runnin
       // own (DNS rebinding): only requests addressed to this machine are served.
       const host = req.headers.host;
       if (host === undefined || !hosts.has(hostName(host))) {
-        log.warn(`refused a request addressed to ${host === undefined ? 'no Host' : `Host ${printable(host, 80)}`}: only loopback names are served`);
+        throttle.warn(host === undefined ? 'no host' : 'host', `refused a request addressed to ${host === undefined ? 'no Host' : `Host ${printable(host, 80)}`}: only loopback names are served`);
         sendJson(res, 403, JSON.stringify({ Code: 'AccessDenied', Message: 'this endpoint answers only requests addressed to 127.0.0.1 or localhost; set AWS_CONTAINER_CREDENTIALS_FULL_URI to http://127.0.0.1:<port>/credentials' }), { 'cache-control': 'no-store' });
         return;
       }
@@ -119,6 +120,7 @@ export async function startAwsEndpoint(options: EndpointOptions): Promise<Runnin
         server.closeIdleConnections();
       });
       bus.close();
+      throttle.close();
       status.remove();
     },
   };

@@ -1,8 +1,15 @@
 /**
- * The JSON-lines audit log: one line per credential operation, written to the
+ * The JSON-lines audit log: one file per shed in the audit directory
+ * (`<dir>/<shed>.log`), one line per credential operation, written to the
  * file (not buffered in this process) before the answer leaves, so a crash of
  * the broker loses no line. Directory 0700, files 0600.
  *
+ * One file per shed, so that one shed's traffic can only ever rotate away
+ * its own history: every other shed keeps the `max_bytes` × (`keep` + 1)
+ * of history the admin configured, whatever a guest does.
+ * `shed-host-agent audit` merges the files into one timeline.
+ *
+ * Within a file (AuditFile):
  * One writer appends in order; lines that arrive during a write go together
  * in the next one. Durability against a power loss comes from datasync, at
  * most one every SYNC_INTERVAL_MS: the first line after a quiet spell is
@@ -17,6 +24,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { isShedName } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
 import { auditLine, type AuditEntry, type AuditSink } from './audit.js';
 
@@ -38,7 +46,7 @@ interface Pending {
   reject: (err: Error) => void;
 }
 
-export class AuditLog implements AuditSink {
+export class AuditFile implements AuditSink {
   private handle: fs.promises.FileHandle | undefined;
   /** Bytes in the open file. */
   private size = 0;
@@ -60,6 +68,10 @@ export class AuditLog implements AuditSink {
   rotations = 0;
   /** Datasyncs done since start. */
   syncs = 0;
+  /** When a line was last queued (performance.now()). */
+  lastWriteAt = -Infinity;
+  /** Close the handle once what is queued is written (an idle file). */
+  private closeWanted = false;
 
   constructor(
     public file: string,
@@ -71,10 +83,24 @@ export class AuditLog implements AuditSink {
 
   write(entry: AuditEntry): Promise<void> {
     const line = auditLine(entry);
+    this.lastWriteAt = performance.now();
+    this.closeWanted = false;
     return new Promise<void>((resolve, reject) => {
       this.pending.push({ line, resolve, reject });
       this.kick();
     });
+  }
+
+  /** Whether the file is open. */
+  get isOpen(): boolean {
+    return this.handle !== undefined;
+  }
+
+  /** Close the file after its queued lines (it reopens on the next write): an idle shed holds no descriptor. */
+  release(): void {
+    if (!this.handle) return;
+    this.closeWanted = true;
+    this.kick();
   }
 
   /** Follow a policy reload: a new path, size or count applies from the next write on. */
@@ -96,7 +122,12 @@ export class AuditLog implements AuditSink {
   private async drain(): Promise<void> {
     // flush() never rejects. `flushing` is cleared in the same tick as the
     // last look at `pending`, so a write cannot slip in between and be left.
-    while (this.pending.length > 0) await this.flush(this.pending.splice(0));
+    for (;;) {
+      while (this.pending.length > 0) await this.flush(this.pending.splice(0));
+      if (!this.closeWanted) break;
+      this.closeWanted = false;
+      await this.closeHandle();
+    }
     this.flushing = undefined;
   }
 
@@ -227,6 +258,97 @@ export class AuditLog implements AuditSink {
   }
 }
 
+/** Past this many files open at once, the least recently written is closed (it reopens on its next line). */
+const MAX_OPEN_FILES = 64;
+/** Sheds whose (closed) file objects are kept; past that, idle ones are forgotten. */
+const MAX_KNOWN_FILES = 4096;
+/** A shed's file is closed after this long without a line. */
+const IDLE_CLOSE_MS = 60_000;
+
+/** The file a shed's lines go to: `<shed>.log`; anything that is not a shed name shares `_other.log`. */
+export function shedLogName(shed: string): string {
+  return `${isShedName(shed) ? shed : '_other'}.log`;
+}
+
+/** The per-shed audit files in one directory (see the top of this file). */
+export class AuditLog implements AuditSink {
+  private readonly files = new Map<string, AuditFile>();
+  private maxBytes: number;
+  private keep: number;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    public dir: string,
+    private readonly options: AuditLogOptions = {},
+  ) {
+    this.maxBytes = options.maxBytes ?? 0;
+    this.keep = options.keep ?? 5;
+    this.timer = setInterval(() => this.releaseIdle(IDLE_CLOSE_MS), IDLE_CLOSE_MS / 2);
+    this.timer.unref();
+  }
+
+  /** The file of `shed` (for status and tests). */
+  fileOf(shed: string): string {
+    return path.join(this.dir, shedLogName(shed));
+  }
+
+  write(entry: AuditEntry): Promise<void> {
+    const name = shedLogName(entry.shed);
+    let file = this.files.get(name);
+    if (!file) {
+      file = new AuditFile(path.join(this.dir, name), { maxBytes: this.maxBytes, keep: this.keep, log: this.options.log });
+      this.files.set(name, file);
+    }
+    const written = file.write(entry);
+    if (!file.isOpen) this.limitOpen(file);
+    return written;
+  }
+
+  /** Why the last write failed (any shed's file), until that file is written again. */
+  get lastError(): string | undefined {
+    for (const f of this.files.values()) if (f.lastError !== undefined) return f.lastError;
+    return undefined;
+  }
+
+  /** Rotations since start, across files. */
+  get rotations(): number {
+    let n = 0;
+    for (const f of this.files.values()) n += f.rotations;
+    return n;
+  }
+
+  /** Follow a policy reload: a new directory, size or count applies from each file's next write on. */
+  configure(dir: string, options: { maxBytes: number; keep: number }): void {
+    this.maxBytes = options.maxBytes;
+    this.keep = options.keep;
+    this.dir = dir;
+    for (const [name, f] of this.files) f.configure(path.join(dir, name), options);
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    await Promise.all([...this.files.values()].map((f) => f.close()));
+  }
+
+  /** Close the files not written for `idleMs`, and forget closed ones past the open-file cap's worth of sheds. */
+  releaseIdle(idleMs: number): void {
+    const now = performance.now();
+    for (const [name, f] of this.files) {
+      if (now - f.lastWriteAt < idleMs) continue;
+      if (f.isOpen) f.release();
+      else if (this.files.size > MAX_KNOWN_FILES && f.lastError === undefined) this.files.delete(name);
+    }
+  }
+
+  /** Keep at most MAX_OPEN_FILES open: `opening` is about to open; close the least recently written others. */
+  private limitOpen(opening: AuditFile): void {
+    const open = [...this.files.values()].filter((f) => f.isOpen && f !== opening);
+    if (open.length < MAX_OPEN_FILES) return;
+    open.sort((a, b) => a.lastWriteAt - b.lastWriteAt);
+    for (const f of open.slice(0, open.length - MAX_OPEN_FILES + 1)) f.release();
+  }
+}
+
 /** write(2) until every byte is out (a regular file takes it in one go, but the contract allows less). */
 function writeAll(fd: number, buffer: Buffer): void {
   let offset = 0;
@@ -250,7 +372,16 @@ export async function openPrivate(file: string): Promise<fs.promises.FileHandle>
   return handle;
 }
 
-/** The log's files, oldest first: `file.keep` … `file.1`, `file` (those that exist). */
+/** The base files of an audit directory (`<shed>.log`), sorted. */
+export function auditLogFiles(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir).filter((n) => /^[a-z_][a-z0-9-]*\.log$/.test(n)).sort().map((n) => path.join(dir, n));
+  } catch {
+    return [];
+  }
+}
+
+/** A file's generations, oldest first: `file.keep` … `file.1`, `file` (those that exist). */
 export function auditFiles(file: string, keep = 100): string[] {
   const out: string[] = [];
   for (let i = keep; i >= 1; i--) if (fs.existsSync(`${file}.${i}`)) out.push(`${file}.${i}`);

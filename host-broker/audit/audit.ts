@@ -1,7 +1,14 @@
 /**
  * The audit trail's entry shape, its one-line JSON form, and the sink
- * interface. The JSON-lines file sink lives in audit-log.ts.
+ * interface. The JSON-lines files live in audit-log.ts; the per-shed budget
+ * for denials in governor.ts.
+ *
+ * A line holds text a guest chose (an operation name, a registry, an ssh
+ * user name reach `op` and `detail`): every field is bounded and its unsafe
+ * characters escaped (protocol/text.ts) before it is written, so a line is
+ * always one line of printable text, whatever reads it.
  */
+import { printable } from '../../protocol/text.js';
 import type { ApprovalOutcome, AuditResult } from '../handler.js';
 
 export interface AuditEntry {
@@ -13,16 +20,36 @@ export interface AuditEntry {
   detail: string;
   approval: ApprovalOutcome;
   request_id: string;
+  /** Summary lines only: how many requests the line stands for. */
+  count?: number;
 }
 
-/** The fields of a line, in the order they are written. */
+/** The fields of a line, in the order they are written (a summary line adds `count`). */
 export const AUDIT_FIELDS = ['ts', 'shed', 'ns', 'op', 'result', 'detail', 'approval', 'request_id'] as const;
 
-/** One audit line (with its newline), fields always in AUDIT_FIELDS order whatever the entry's own key order. */
+/** The most characters of each field a line keeps (then `…`). */
+export const FIELD_LIMITS: Record<(typeof AUDIT_FIELDS)[number], number> = {
+  ts: 32, shed: 64, ns: 64, op: 64, result: 16, detail: 1024, approval: 16, request_id: 64,
+};
+
+/** `op` of a line that sums up requests not written one by one. */
+export const SUMMARY_OP = '(summary)';
+
+/** One audit line (with its newline): fields in AUDIT_FIELDS order, each bounded and printable. */
 export function auditLine(entry: AuditEntry): string {
-  const ordered: Record<string, string> = {};
-  for (const field of AUDIT_FIELDS) ordered[field] = String(entry[field] ?? '');
+  const ordered: Record<string, string | number> = {};
+  for (const field of AUDIT_FIELDS) ordered[field] = printable(String(entry[field] ?? ''), FIELD_LIMITS[field]);
+  if (entry.count !== undefined) ordered.count = entry.count;
   return `${JSON.stringify(ordered)}\n`;
+}
+
+/**
+ * How an operation or namespace name a guest sent is written: as it is when
+ * it is one this broker knows, else `unknown "<first 24 characters>"`
+ * (escaped with the rest of the line by auditLine).
+ */
+export function auditName(name: string, known: boolean): string {
+  return known ? name : `unknown "${name.length > 24 ? `${name.slice(0, 24)}…` : name}"`;
 }
 
 /** Parse one line of the log; undefined when it is not an audit entry. */
@@ -36,6 +63,7 @@ export function parseAuditLine(line: string): AuditEntry | undefined {
   if (typeof value !== 'object' || value === null) return undefined;
   const record = value as Record<string, unknown>;
   for (const field of AUDIT_FIELDS) if (typeof record[field] !== 'string') return undefined;
+  if (record.count !== undefined && typeof record.count !== 'number') return undefined;
   if (Number.isNaN(Date.parse(record.ts as string))) return undefined;
   return record as unknown as AuditEntry;
 }

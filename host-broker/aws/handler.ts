@@ -4,7 +4,7 @@
  * names a role, and no long-lived key leaves the host.
  */
 import { AwsCode } from '../../protocol/codes.js';
-import type { Payload } from '../../protocol/envelope.js';
+import { OPERATIONS, type Payload } from '../../protocol/envelope.js';
 import type { AwsCredentialsResponse, AwsStatusResponse } from '../../protocol/aws-credentials.js';
 import type { Logger } from '../../protocol/log.js';
 import { BrokerError, unknownOperation, type NamespaceHandler, type RequestContext } from '../handler.js';
@@ -77,6 +77,7 @@ export function createAwsHandler(deps: AwsHandlerDeps): NamespaceHandler & { rea
 
   return {
     namespace: 'aws-credentials',
+    operations: OPERATIONS['aws-credentials'],
     cache,
     async handle(operation: string, _payload: Payload, ctx: RequestContext): Promise<Payload> {
       switch (operation) {

@@ -1,11 +1,19 @@
 /**
  * `shed-host-agent audit [--shed S] [--since 1h] [--follow] [--json]`: the
- * audit log as a readable timeline, oldest first, across rotated files;
- * `--follow` keeps printing new lines, across rotations, until interrupted.
+ * audit log as one readable timeline, oldest first: every shed's file in
+ * the audit directory, rotated files included, merged by time. `--follow`
+ * keeps printing new lines, across rotations and from sheds that appear,
+ * until interrupted.
+ *
+ * A line holds text a guest chose: the timeline shows every field with its
+ * control characters escaped (protocol/text.ts), so no line can pass for
+ * two or drive the terminal, whatever the file holds.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { auditFiles } from '../audit/audit-log.js';
+import { escapeControls } from '../../protocol/text.js';
+import { auditFiles, auditLogFiles, shedLogName } from '../audit/audit-log.js';
 import { parseAuditLine, type AuditEntry } from '../audit/audit.js';
 import { DEFAULT_POLICY_PATH, loadPolicyFile } from '../policy/policy.js';
 import { parseDuration } from '../policy/schema.js';
@@ -13,8 +21,8 @@ import { expandHome } from '../policy/effective.js';
 
 export const AUDIT_USAGE = `Usage: shed-host-agent audit [--shed S] [--since 1h] [--follow] [--json]
 
-Prints the audit log (every credential operation, allowed or denied) as a
-timeline, oldest first, rotated files included.
+Prints the audit log (every credential operation, allowed or denied) as one
+timeline across sheds, oldest first, rotated files included.
 
 Options:
   --shed S        only this shed's lines
@@ -23,7 +31,8 @@ Options:
   -f, --follow    keep printing new lines as they are written (Ctrl-C stops)
   --json          print the raw JSON lines
   --config FILE   the policy file that names the log (default ${DEFAULT_POLICY_PATH})
-  --file FILE     read this log file instead of the policy's audit.path
+  --dir DIR       read the per-shed logs in DIR instead of the policy's audit.dir
+  --file FILE     read this one log file (and its rotations) instead
   -h, --help      this text
 `;
 
@@ -42,6 +51,12 @@ const processIo: AuditCommandIo = {
   stderr: (t) => process.stderr.write(t),
 };
 
+/** A line read back, with the raw text for --json. */
+interface Read {
+  line: string;
+  entry: AuditEntry;
+}
+
 /** Run the command; resolves with the exit code (0 ok, 1 no log, 2 usage). */
 export async function auditCommand(argv: string[], io: AuditCommandIo = processIo): Promise<number> {
   let values;
@@ -55,6 +70,7 @@ export async function auditCommand(argv: string[], io: AuditCommandIo = processI
         follow: { type: 'boolean', short: 'f' },
         json: { type: 'boolean' },
         config: { type: 'string', short: 'c' },
+        dir: { type: 'string' },
         file: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -77,54 +93,78 @@ export async function auditCommand(argv: string[], io: AuditCommandIo = processI
     }
   }
 
-  let file: string;
+  // The base files to read: one given file, or every shed's (or one shed's) in the directory.
+  let where: string;
   let keep = 100;
+  let baseFiles: () => string[];
   if (values.file) {
-    file = expandHome(values.file);
+    const file = expandHome(values.file);
+    where = file;
+    baseFiles = () => [file];
   } else {
-    const config = values.config ?? DEFAULT_POLICY_PATH;
-    try {
-      const audit = loadPolicyFile(config).audit;
-      file = audit.path;
-      keep = audit.keep;
-    } catch (err) {
-      io.stderr(`shed-host-agent audit: cannot read the policy to find the audit log: ${(err as Error).message}\n(pass --file FILE to read a log directly)\n`);
-      return 1;
+    let dir: string;
+    if (values.dir) {
+      dir = expandHome(values.dir);
+    } else {
+      const config = values.config ?? DEFAULT_POLICY_PATH;
+      try {
+        const audit = loadPolicyFile(config).audit;
+        dir = audit.dir;
+        keep = audit.keep;
+      } catch (err) {
+        io.stderr(`shed-host-agent audit: cannot read the policy to find the audit log: ${(err as Error).message}\n(pass --dir DIR or --file FILE to read a log directly)\n`);
+        return 1;
+      }
     }
+    where = dir;
+    const only = values.shed === undefined ? undefined : path.join(dir, shedLogName(values.shed));
+    baseFiles = () => (only ? [only] : auditLogFiles(dir));
   }
 
   const filter = (e: AuditEntry) => (values.shed === undefined || e.shed === values.shed) && (since === undefined || Date.parse(e.ts) >= since);
-  const print = values.json ? (line: string) => io.stdout(`${line}\n`) : (_line: string, e: AuditEntry) => io.stdout(`${formatEntry(e)}\n`);
+  const print = (r: Read) => io.stdout(`${values.json ? r.line : formatEntry(r.entry)}\n`);
   let malformed = 0;
-  const emit = (line: string) => {
-    if (!line.trim()) return;
-    const entry = parseAuditLine(line);
-    if (!entry) {
-      malformed += 1;
-      return;
+  const parse = (lines: string[], into: Read[]) => {
+    for (const line of lines) {
+      if (!line.trim()) continue;
+      const entry = parseAuditLine(line);
+      if (!entry) malformed += 1;
+      else if (filter(entry)) into.push({ line, entry });
     }
-    if (filter(entry)) print(line, entry);
   };
 
-  const files = auditFiles(file, keep);
-  if (files.length === 0 && !values.follow) {
-    io.stderr(`shed-host-agent audit: no audit log at ${file} yet; the broker writes it on the first credential request (see audit.path in the policy)\n`);
+  const bases = baseFiles();
+  const generations = bases.flatMap((b) => auditFiles(b, keep));
+  if (generations.length === 0 && !values.follow) {
+    io.stderr(`shed-host-agent audit: no audit log in ${where} yet; the broker writes it on the first credential request (see audit.dir in the policy)\n`);
     return 1;
   }
-  for (const f of files) {
+  const backlog: Read[] = [];
+  for (const f of generations) {
     try {
-      fs.readFileSync(f, 'utf8').split('\n').forEach(emit);
+      parse(fs.readFileSync(f, 'utf8').split('\n'), backlog);
     } catch (err) {
       io.stderr(`shed-host-agent audit: cannot read ${f}: ${(err as Error).message}\n`);
       return 1;
     }
   }
+  byTime(backlog).forEach(print);
   if (values.follow) {
-    const st = statOrUndefined(file);
-    await follow(file, keep, st?.ino, st?.size ?? 0, emit, io);
+    const followers = new Map<string, Follower>();
+    for (const b of bases) followers.set(b, new Follower(b, keep, statOrUndefined(b)));
+    await followAll(followers, baseFiles, keep, (lines) => {
+      const fresh: Read[] = [];
+      parse(lines, fresh);
+      byTime(fresh).forEach(print);
+    }, io);
   }
   if (malformed > 0) io.stderr(`shed-host-agent audit: skipped ${malformed === 1 ? '1 line that is not an audit entry' : `${malformed} lines that are not audit entries`}\n`);
   return 0;
+}
+
+/** Oldest first; lines of one time keep the order they were read in (each file is in order). */
+function byTime(reads: Read[]): Read[] {
+  return reads.sort((a, b) => (a.entry.ts < b.entry.ts ? -1 : a.entry.ts > b.entry.ts ? 1 : 0));
 }
 
 /** `1h` → now minus an hour; an ISO time → that time. */
@@ -136,12 +176,17 @@ export function parseSince(text: string, now: number): number | undefined {
   return Number.isNaN(t) ? undefined : t;
 }
 
-/** `2026-03-31 15:04:05.123Z  my-service  ssh-agent sign  ok  SHA256:…  approval=prompt  req 0192…` */
+/**
+ * `2026-03-31 15:04:05.123Z  my-service  ssh-agent sign  ok  SHA256:…  approval=prompt  req 0192…`,
+ * every field with its control characters escaped; a summary line says how many requests it stands for.
+ */
 export function formatEntry(e: AuditEntry): string {
-  const ts = e.ts.replace('T', ' ');
-  const approval = e.approval === 'none' ? '' : `  approval=${e.approval}`;
-  const result = e.result === 'ok' ? 'ok' : e.result.toUpperCase();
-  return `${ts}  ${e.shed}  ${e.ns} ${e.op}  ${result}${e.detail ? `  ${e.detail}` : ''}${approval}  req ${e.request_id}`;
+  const f = (text: string) => escapeControls(text);
+  const ts = f(e.ts.replace('T', ' '));
+  const approval = e.approval === 'none' ? '' : `  approval=${f(e.approval)}`;
+  const result = e.result === 'ok' ? 'ok' : f(e.result.toUpperCase());
+  const count = e.count !== undefined ? `  ×${e.count}` : '';
+  return `${ts}  ${f(e.shed)}  ${f(e.ns)} ${f(e.op)}  ${result}${count}${e.detail ? `  ${f(e.detail)}` : ''}${approval}  req ${f(e.request_id)}`;
 }
 
 function statOrUndefined(file: string): fs.Stats | undefined {
@@ -153,53 +198,83 @@ function statOrUndefined(file: string): fs.Stats | undefined {
 }
 
 /**
- * Print lines appended to `file` until the signal fires. A rotation (a new
+ * One file followed: lines appended to it are handed on. A rotation (a new
  * inode at the path, or a shorter file) first drains what the old file still
- * had past our offset, then prints the files rotated out after it (several
+ * had past our offset, then reads the files rotated out after it (several
  * rotations can happen between two looks), then follows the new file from
  * its beginning.
  */
-async function follow(file: string, keep: number, ino: number | undefined, offset: number, emit: (line: string) => void, io: AuditCommandIo): Promise<void> {
-  const { signal, cleanup } = stopSignal(io.signal);
-  let partial = '';
-  let fd: number | undefined = ino !== undefined ? openRead(file) : undefined;
-  const readFrom = (handle: number) => {
-    const chunk = Buffer.alloc(64 * 1024);
+class Follower {
+  private fd: number | undefined;
+  private ino: number | undefined;
+  private offset: number;
+  private partial = '';
+
+  constructor(private readonly file: string, private readonly keep: number, st: fs.Stats | undefined) {
+    this.ino = st?.ino;
+    this.offset = st?.size ?? 0;
+    this.fd = st ? openRead(file) : undefined;
+  }
+
+  /** The whole lines that appeared since the last look. */
+  poll(): string[] {
+    const out: string[] = [];
     for (;;) {
-      const n = fs.readSync(handle, chunk, 0, chunk.length, offset);
-      if (n <= 0) break;
-      offset += n;
-      partial += chunk.subarray(0, n).toString('utf8');
-    }
-    const lines = partial.split('\n');
-    partial = lines.pop() ?? '';
-    lines.forEach(emit);
-  };
-  try {
-    while (!signal.aborted) {
-      if (fd !== undefined) readFrom(fd);
-      const st = statOrUndefined(file);
-      if (st && (st.ino !== ino || st.size < offset)) {
-        // Rotated (or truncated): finish the old file, then follow the new one.
-        if (fd !== undefined) {
-          readFrom(fd);
-          fs.closeSync(fd);
-        }
-        if (ino !== undefined && st.ino !== ino) {
-          for (const missed of rotatedAfter(file, ino, keep)) {
-            try {
-              fs.readFileSync(missed, 'utf8').split('\n').forEach(emit);
-            } catch {
-              // Rotated away again meanwhile: nothing more to recover.
-            }
+      if (this.fd !== undefined) this.read(this.fd, out);
+      const st = statOrUndefined(this.file);
+      if (!st || (st.ino === this.ino && st.size >= this.offset)) return out;
+      // Rotated (or truncated): finish the old file, then follow the new one.
+      if (this.fd !== undefined) {
+        this.read(this.fd, out);
+        fs.closeSync(this.fd);
+      }
+      if (this.ino !== undefined && st.ino !== this.ino) {
+        for (const missed of rotatedAfter(this.file, this.ino, this.keep)) {
+          try {
+            out.push(...fs.readFileSync(missed, 'utf8').split('\n'));
+          } catch {
+            // Rotated away again meanwhile: nothing more to recover.
           }
         }
-        fd = openRead(file);
-        ino = st.ino;
-        offset = 0;
-        partial = '';
-        continue;
       }
+      this.fd = openRead(this.file);
+      this.ino = st.ino;
+      this.offset = 0;
+      this.partial = '';
+    }
+  }
+
+  close(): void {
+    if (this.fd !== undefined) fs.closeSync(this.fd);
+    this.fd = undefined;
+  }
+
+  private read(fd: number, out: string[]): void {
+    const chunk = Buffer.alloc(64 * 1024);
+    for (;;) {
+      const n = fs.readSync(fd, chunk, 0, chunk.length, this.offset);
+      if (n <= 0) break;
+      this.offset += n;
+      this.partial += chunk.subarray(0, n).toString('utf8');
+    }
+    const lines = this.partial.split('\n');
+    this.partial = lines.pop() ?? '';
+    out.push(...lines);
+  }
+}
+
+/** Follow every base file (and those that appear) until the signal fires. */
+async function followAll(followers: Map<string, Follower>, baseFiles: () => string[], keep: number, emit: (lines: string[]) => void, io: AuditCommandIo): Promise<void> {
+  const { signal, cleanup } = stopSignal(io.signal);
+  try {
+    while (!signal.aborted) {
+      for (const b of baseFiles()) {
+        // A shed that appears is followed from its first line.
+        if (!followers.has(b)) followers.set(b, new Follower(b, keep, undefined));
+      }
+      const lines: string[] = [];
+      for (const f of followers.values()) lines.push(...f.poll());
+      if (lines.length) emit(lines);
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, io.pollMs ?? 200);
         signal.addEventListener('abort', () => {
@@ -209,7 +284,7 @@ async function follow(file: string, keep: number, ino: number | undefined, offse
       });
     }
   } finally {
-    if (fd !== undefined) fs.closeSync(fd);
+    for (const f of followers.values()) f.close();
     cleanup();
   }
 }

@@ -260,7 +260,7 @@ export async function runChecks(config: string, denv: DoctorEnv): Promise<Check[
 
   if (policy.server) checks.push(await probeShedServer(policy.server, denv.timeoutMs));
   if (policy.direct.enabled) checks.push(probeWritable('sockets dir', policy.direct.socketsDir, 'dir'));
-  checks.push(probeWritable('audit log', policy.audit.path, 'file'));
+  checks.push(probeWritable('audit log', policy.audit.dir, 'dir'));
 
   const approvals = new Approvals({ log: memoryLogger('doctor') });
   const gates = await approvals.check(policy).finally(() => approvals.close());

@@ -12,7 +12,7 @@ import os from 'node:os';
 import { DockerCode } from '../../protocol/codes.js';
 import { compiledOnceHot } from '../../protocol/compiled.js';
 import { DockerGetRequest, type DockerGetResponse, type DockerListResponse, type DockerStatusResponse } from '../../protocol/docker-credentials.js';
-import { describeIssues, type Payload } from '../../protocol/envelope.js';
+import { describeIssues, OPERATIONS, type Payload } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
 import { BrokerError, unknownOperation, type NamespaceHandler, type RequestContext } from '../handler.js';
 import { DockerConfigError, dockerConfigPath, helperFor, inlineAuthFor, readDockerConfig, type DockerConfig } from './config.js';
@@ -142,6 +142,7 @@ export function createDockerHandler(deps: DockerHandlerDeps): NamespaceHandler {
 
   return {
     namespace: NS,
+    operations: OPERATIONS[NS],
     async handle(operation, payload, ctx) {
       switch (operation) {
         case 'get':

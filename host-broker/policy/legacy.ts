@@ -95,7 +95,10 @@ export function translateLegacy(old: LegacyDocument): Translation {
   if (old.docker?.config_path) docker.config_path = old.docker.config_path;
   if (Object.keys(docker).length) defaults.docker = docker;
 
-  if (old.logging?.path) doc.audit = { path: old.logging.path };
+  if (old.logging?.path) {
+    doc.audit = { dir: dirForLogPath(old.logging.path) };
+    remarks.push(`logging.path ${old.logging.path} (one file) is now audit.dir ${dirForLogPath(old.logging.path)} (one file per shed)`);
+  }
   if (old.logging?.enabled === false) remarks.push('logging.enabled false: the audit log is always written now');
 
   if (Object.keys(defaults).length) doc.defaults = defaults;
@@ -104,6 +107,16 @@ export function translateLegacy(old: LegacyDocument): Translation {
   sheds['*'] = old.aws?.default_role ? { aws: { role: old.aws.default_role } } : {};
   doc.sheds = sheds;
   return { doc, remarks };
+}
+
+/**
+ * Where the per-shed logs go for a policy that names the single log file of
+ * earlier versions (`audit.path`, the original's `logging.path`): a
+ * directory beside it, named after it without its extension.
+ */
+export function dirForLogPath(file: string): string {
+  const stripped = file.replace(/\.(log|jsonl|json)$/, '');
+  return stripped === file ? `${file}.d` : stripped;
 }
 
 /**

@@ -14,14 +14,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { AGENT_WAIT_LIMIT_MS, SHED_NAME_RE } from '../../protocol/envelope.js';
 import { expandHome, resolveShed, type EffectiveShed } from './effective.js';
-import { isLegacy, LegacyDocument, legacyNotice, legacyPath, translateLegacy } from './legacy.js';
+import { dirForLogPath, isLegacy, LegacyDocument, legacyNotice, legacyPath, translateLegacy } from './legacy.js';
 import { formatDuration, PolicyDocument, ShedSections } from './schema.js';
 import { formatIssue, YamlSource, type KeyPath, type PolicyIssue, type Position } from './source.js';
 import { validate } from './validate.js';
 
 export const DEFAULT_POLICY_PATH = '~/.config/shed/extensions.yaml';
 export const DEFAULT_SOCKETS_DIR = '~/.local/state/shed/sockets';
-export const DEFAULT_AUDIT_PATH = '~/.local/share/shed/extensions-audit.log';
+export const DEFAULT_AUDIT_DIR = '~/.local/share/shed/audit';
+export const DEFAULT_DENIALS_PER_MINUTE = 60;
 export const DEFAULT_SERVER_URL = 'http://localhost:8080';
 /** The per-shed directory, beside the main file. */
 export const SHEDS_DIR_NAME = 'sheds.d';
@@ -98,18 +99,27 @@ export class Policy {
   }
 
   /** Read on every request (audit.required): worked out once. */
-  get audit(): Readonly<{ path: string; maxBytes: number; keep: number; required: boolean }> {
+  get audit(): Readonly<{ dir: string; maxBytes: number; keep: number; required: boolean; denialsPerMinute: number }> {
     if (!this.auditSettings) {
       const a = this.doc.audit ?? {};
       this.auditSettings = Object.freeze({
-        path: path.resolve(expandHome(a.path ?? DEFAULT_AUDIT_PATH)),
+        dir: path.resolve(expandHome(a.dir ?? (a.path !== undefined ? dirForLogPath(a.path) : DEFAULT_AUDIT_DIR))),
         maxBytes: a.max_bytes ?? 10 * 1024 * 1024,
         keep: a.keep ?? 5,
         required: a.required ?? false,
+        denialsPerMinute: a.denials_per_minute ?? DEFAULT_DENIALS_PER_MINUTE,
       });
     }
     return this.auditSettings;
   }
+}
+
+/** Notices for keys of earlier versions that are read with a new meaning. */
+function auditNotices(doc: PolicyDocument, file: string): string[] {
+  const a = doc.audit;
+  if (a?.path === undefined) return [];
+  if (a.dir !== undefined) return [`notice: ${file}: audit.path is ignored: audit.dir is set (one log per shed in it); remove audit.path`];
+  return [`notice: ${file}: audit.path names one log file; the audit log is now one file per shed, written in ${dirForLogPath(a.path)}/ (<shed>.log); write audit: { dir: … } to choose the directory`];
 }
 
 /** Validate a parsed document (no file: problems name the key path only). */
@@ -191,7 +201,7 @@ export function loadPolicyFile(file: string): Policy {
     return own ? own.locate(p.slice(2)) : mainLocate(p);
   };
   const policy = new Policy({ ...doc, sheds }, files, { notices, locate, shedsDir });
-  notices.push(...lateApprovalNotices(policy));
+  notices.push(...auditNotices(doc, main), ...lateApprovalNotices(policy));
   return policy;
 }
 

@@ -153,9 +153,15 @@ export const DirectSection = z.strictObject({
 });
 
 export const AuditSection = z.strictObject({
+  /** The directory of per-shed logs (`<shed>.log`). */
+  dir: NonEmpty.optional(),
+  /** The single log file of earlier versions: read as `dir` beside it, with a notice. */
   path: NonEmpty.optional(),
+  /** Per shed file. */
   max_bytes: z.number().int().min(4096).optional(),
   keep: z.number().int().min(0).max(100).optional(),
+  /** Denials of one shed written one by one per minute; the rest are summed up once a minute. */
+  denials_per_minute: z.number().int().min(1).max(100_000).optional(),
   /** Deny requests rather than serve them unaudited when the log cannot be written. */
   required: z.boolean().optional(),
 });

@@ -16,7 +16,7 @@
 import os from 'node:os';
 import { CommonCode, SshCode } from '../../protocol/codes.js';
 import { compiledOnceHot } from '../../protocol/compiled.js';
-import { describeIssues, type Payload } from '../../protocol/envelope.js';
+import { describeIssues, OPERATIONS, type Payload } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
 import { SshBindRequest, SshSignRequest, type SshBindResponse, type SshKey, type SshListResponse, type SshSignResponse, type SshStatusResponse } from '../../protocol/ssh-agent.js';
 import { BrokerError, unknownOperation, type NamespaceHandler, type RequestContext } from '../handler.js';
@@ -293,6 +293,7 @@ export function createSshHandler(deps: SshHandlerDeps): NamespaceHandler {
 
   return {
     namespace: NS,
+    operations: OPERATIONS[NS],
     async handle(operation, payload, ctx) {
       switch (operation) {
         case 'list':

@@ -19,7 +19,7 @@ import path from 'node:path';
 import { PUBLISH_API_STATUS, PublishApiCode } from '../../protocol/codes.js';
 import { AGENT_WAIT_LIMIT_MS, apiErrorBody, isShedName, MAX_BODY_BYTES, MAX_NAMESPACE_LENGTH, type Payload } from '../../protocol/envelope.js';
 import { createHardenedServer, DEFAULT_HTTP_LIMITS, sendJson, type BufferedRequest } from '../../protocol/http-server.js';
-import type { Logger } from '../../protocol/log.js';
+import { LogThrottle, type Logger } from '../../protocol/log.js';
 import { requestEnvelope, responseEnvelope } from '../../protocol/messages.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
 import type { RequestSink, Transport } from './transport.js';
@@ -28,7 +28,7 @@ import type { RequestSink, Transport } from './transport.js';
 const MAX_SOCKET_PATH_BYTES = 103;
 /** Connections one shed may hold at once unless its policy says otherwise (limits.max_connections). */
 export const DEFAULT_CONNECTIONS_PER_SHED = 64;
-/** How often refused connections are summed up in the log, per shed. */
+/** How often refused connections are summed up in the log. */
 const DROP_LOG_INTERVAL_MS = 60_000;
 
 export interface DirectSocketsOptions {
@@ -59,9 +59,6 @@ interface Served {
   /** Requests waiting for the host, answered SHUTTING_DOWN when the socket closes. */
   pending: Set<(answer: Answer) => void>;
   sockets: Set<net.Socket>;
-  /** Connections refused over the shed's cap since the last log line about it. */
-  dropped: number;
-  dropTimer?: NodeJS.Timeout;
 }
 
 export class DirectSockets implements Transport {
@@ -74,15 +71,14 @@ export class DirectSockets implements Transport {
   /** Connections open across every shed. */
   private open = 0;
   readonly maxConnections: number;
-  /** Connections refused over the total since the last log line about it. */
-  private droppedTotal = 0;
-  private dropTotalTimer: NodeJS.Timeout | undefined;
+  private readonly throttle: LogThrottle;
 
   constructor(private readonly options: DirectSocketsOptions) {
     this.description = `direct sockets in ${options.socketsDir}`;
     this.waitLimitMs = options.waitLimitMs ?? AGENT_WAIT_LIMIT_MS;
     this.sheds = options.sheds;
     this.maxConnections = options.maxConnections ?? connectionBudget(openFileLimit());
+    this.throttle = new LogThrottle(options.log, DROP_LOG_INTERVAL_MS);
   }
 
   socketPath(shed: string): string {
@@ -124,7 +120,7 @@ export class DirectSockets implements Transport {
 
   async stop(): Promise<void> {
     this.stopping = true;
-    clearTimeout(this.dropTotalTimer);
+    this.throttle.close();
     await Promise.all([...this.served.keys()].map((shed) => this.close(shed)));
   }
 
@@ -138,7 +134,7 @@ export class DirectSockets implements Transport {
     if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
       throw new Error(`socket path ${socketPath} is longer than the ${MAX_SOCKET_PATH_BYTES} bytes unix sockets allow; set direct.sockets_dir to a shorter directory`);
     }
-    const served: Served = { server: undefined as unknown as http.Server, path: socketPath, ino: 0, pending: new Set(), sockets: new Set(), dropped: 0 };
+    const served: Served = { server: undefined as unknown as http.Server, path: socketPath, ino: 0, pending: new Set(), sockets: new Set() };
     const server = createHardenedServer({
       limits: { ...DEFAULT_HTTP_LIMITS, maxBodyBytes: MAX_BODY_BYTES, maxConnections: this.capOf(shed) },
       refusal: (_status, code, message) => JSON.stringify(apiErrorBody(code, message)),
@@ -172,49 +168,17 @@ export class DirectSockets implements Transport {
 
   /** One log line when a shed first hits its cap, then one a minute with the count while it keeps at it. */
   private dropped(shed: string, served: Served): void {
-    served.dropped += 1;
-    if (served.dropTimer) return;
-    const cap = served.server.maxConnections;
-    this.options.log.warn(`shed ${shed} holds its ${cap} connections (limits.max_connections): closing new ones until it lets some go`);
-    served.dropped = 0;
-    const report = () => {
-      if (served.dropped === 0) {
-        served.dropTimer = undefined;
-        return;
-      }
-      this.options.log.warn(`shed ${shed}: closed ${served.dropped} connections over its cap of ${served.server.maxConnections} in the last ${DROP_LOG_INTERVAL_MS / 1000} s`);
-      served.dropped = 0;
-      served.dropTimer = setTimeout(report, DROP_LOG_INTERVAL_MS);
-      served.dropTimer.unref();
-    };
-    served.dropTimer = setTimeout(report, DROP_LOG_INTERVAL_MS);
-    served.dropTimer.unref();
+    this.throttle.warn(`cap ${shed}`, `shed ${shed} holds its ${served.server.maxConnections} connections (limits.max_connections): closing new ones until it lets some go`);
   }
 
   private droppedOverTotal(): void {
-    this.droppedTotal += 1;
-    if (this.dropTotalTimer) return;
-    this.options.log.warn(`${this.open} connections are open across all sheds, the most this broker takes (from its open-file limit): closing new ones; raise the limit (ulimit -n) if this is legitimate`);
-    this.droppedTotal = 0;
-    const report = () => {
-      if (this.droppedTotal === 0) {
-        this.dropTotalTimer = undefined;
-        return;
-      }
-      this.options.log.warn(`closed ${this.droppedTotal} connections over the total of ${this.maxConnections} in the last ${DROP_LOG_INTERVAL_MS / 1000} s`);
-      this.droppedTotal = 0;
-      this.dropTotalTimer = setTimeout(report, DROP_LOG_INTERVAL_MS);
-      this.dropTotalTimer.unref();
-    };
-    this.dropTotalTimer = setTimeout(report, DROP_LOG_INTERVAL_MS);
-    this.dropTotalTimer.unref();
+    this.throttle.warn('total', `${this.open} connections are open across all sheds, the most this broker takes (direct.max_connections, from the open-file limit): closing new ones; raise it (or ulimit -n) if this is legitimate`);
   }
 
   private async close(shed: string): Promise<void> {
     const served = this.served.get(shed);
     if (!served) return;
     this.served.delete(shed);
-    clearTimeout(served.dropTimer);
     for (const answer of [...served.pending]) {
       answer(errorAnswer(PublishApiCode.SHUTTING_DOWN, 'the host broker is stopping or no longer serves this shed'));
     }

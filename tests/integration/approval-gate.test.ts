@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BusClient, BusError } from '../../guest-services/bus-client.js';
-import { AuditLog } from '../../host-broker/audit/audit-log.js';
+import { AuditLog, auditLogFiles } from '../../host-broker/audit/audit-log.js';
 import { parseAuditLine, type AuditEntry } from '../../host-broker/audit/audit.js';
 import { BrokerError, unknownOperation, type NamespaceHandler } from '../../host-broker/handler.js';
 import { startShedBroker } from '../support/bus-emulator.js';
@@ -50,8 +50,9 @@ function count(file: string): number {
   return fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).length : 0;
 }
 
-function readAudit(file: string): AuditEntry[] {
-  return fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => parseAuditLine(l)!);
+/** Every shed's audit lines, shed by shed (alpha's file, then beta's), each in its order. */
+function readAudit(dir: string): AuditEntry[] {
+  return auditLogFiles(dir).flatMap((f) => fs.readFileSync(f, 'utf8').split('\n').filter(Boolean).map((l) => parseAuditLine(l)!));
 }
 
 async function busError(p: Promise<unknown>): Promise<BusError> {
@@ -70,12 +71,12 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
     let h: Harness | undefined;
     let dir: string;
     let prompts: string;
-    let auditFile: string;
+    let auditDir: string;
 
     beforeEach(() => {
       dir = tempDir('shed-gate');
       prompts = path.join(dir, 'prompts');
-      auditFile = path.join(dir, 'audit', 'audit.log');
+      auditDir = path.join(dir, 'audit');
     });
     afterEach(async () => {
       await h?.stop();
@@ -86,7 +87,7 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
     async function start(approval: Record<string, unknown>, extra: Record<string, unknown> = {}, delay = '0.2') {
       const gate = script(dir, 'approve', `echo "$SHED_NAME $SHED_OPERATION $SHED_KEY_FINGERPRINT$SHED_ROLE_ARN" >> "${prompts}"; sleep ${delay}; [ -f "${dir}/allow" ]`);
       const policy = { version: 1, defaults: { approval: { gate: 'command', command: [gate], ...approval } }, sheds: { alpha: {}, beta: {} }, ...extra };
-      const options: HarnessOptions = { policy, handlers: [sshHandler, awsHandler], audit: new AuditLog(auditFile) };
+      const options: HarnessOptions = { policy, handlers: [sshHandler, awsHandler], audit: new AuditLog(auditDir) };
       h = await (kind === 'direct' ? startDirectBroker : startShedBroker)(options);
       return h;
     }
@@ -102,11 +103,11 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
       // Listing keys is not gated.
       await client('alpha').publish('ssh-agent', { operation: 'list' });
       expect(count(prompts)).to.equal(1);
-      const audit = readAudit(auditFile);
+      const audit = readAudit(auditDir);
       expect(audit.map((e) => [e.shed, e.op, e.result, e.approval, e.detail])).to.deep.equal([
         ['alpha', 'sign', 'ok', 'prompt', FP],
-        ['beta', 'sign', 'ok', 'cached', FP],
         ['alpha', 'list', 'ok', 'none', ''],
+        ['beta', 'sign', 'ok', 'cached', FP],
       ]);
     });
 
@@ -115,7 +116,7 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
       await start({ policy: 'per-shed', ttl: '1h' });
       for (const shed of ['alpha', 'alpha', 'beta', 'beta']) await sign(shed);
       expect(fs.readFileSync(prompts, 'utf8').split('\n').filter(Boolean).map((l) => l.split(' ')[0])).to.deep.equal(['alpha', 'beta']);
-      expect(readAudit(auditFile).map((e) => e.approval)).to.deep.equal(['prompt', 'cached', 'prompt', 'cached']);
+      expect(readAudit(auditDir).map((e) => e.approval)).to.deep.equal(['prompt', 'cached', 'prompt', 'cached']);
     });
 
     it('answers APPROVAL_DENIED when the gate says no, and audits the denial', async () => {
@@ -123,7 +124,7 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
       const err = await busError(sign('alpha'));
       expect(err.code).to.equal('APPROVAL_DENIED');
       expect(err.message).to.match(/approval gate refused sign with SHA256:\S+ \(ED25519\) for shed alpha/);
-      const [entry] = readAudit(auditFile);
+      const [entry] = readAudit(auditDir);
       expect(entry).to.include({ shed: 'alpha', ns: 'ssh-agent', op: 'sign', result: 'denied', approval: 'denied' });
       expect(entry!.detail).to.equal(`${FP} (approve exited 1)`);
       expect(h!.log.lines.join('\n')).to.match(/approval: denied ssh-agent sign for shed alpha/);
@@ -137,7 +138,7 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
       expect(Date.now() - started).to.be.below(3000);
       expect(err.code).to.equal('APPROVAL_DENIED');
       expect(err.message).to.match(/nobody approved .* within 300ms/);
-      expect(readAudit(auditFile)[0]).to.include({ result: 'denied', approval: 'denied' });
+      expect(readAudit(auditDir)[0]).to.include({ result: 'denied', approval: 'denied' });
     });
 
     it('opens one prompt for many concurrent requests', async () => {
@@ -146,7 +147,7 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
       const answers = await Promise.all(['alpha', 'beta', 'alpha', 'beta', 'alpha', 'beta'].map((s) => sign(s)));
       expect(answers).to.have.length(6);
       expect(count(prompts)).to.equal(1);
-      const approvals = readAudit(auditFile).map((e) => e.approval).sort();
+      const approvals = readAudit(auditDir).map((e) => e.approval).sort();
       expect(approvals).to.deep.equal(['cached', 'cached', 'cached', 'cached', 'cached', 'prompt']);
     });
 
@@ -158,7 +159,7 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
       await h!.setPolicy({ version: 1, defaults: { approval: { gate: 'command', command: [path.join(dir, 'approve')], policy: 'per-request', applies_to: ['ssh-agent', 'aws-credentials'] } }, sheds: { alpha: {}, beta: {} } });
       await client('alpha').publish('aws-credentials', { operation: 'get_credentials' });
       expect(fs.readFileSync(prompts, 'utf8')).to.equal(`alpha get_credentials ${ROLE}\n`);
-      expect(readAudit(auditFile).map((e) => e.approval)).to.deep.equal(['none', 'prompt']);
+      expect(readAudit(auditDir).map((e) => e.approval)).to.deep.equal(['none', 'prompt']);
     });
 
     it('answers RATE_LIMITED once the shed\'s bucket is empty, audited as denied, without touching other sheds', async () => {
@@ -171,7 +172,7 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
       await client('alpha').ping('ssh-agent');
       await client('alpha').publish('ssh-agent', { operation: 'status' });
       await client('beta').publish('ssh-agent', { operation: 'list' });
-      const audit = readAudit(auditFile);
+      const audit = readAudit(auditDir);
       expect(audit.map((e) => [e.shed, e.result])).to.deep.equal([['alpha', 'ok'], ['alpha', 'ok'], ['alpha', 'ok'], ['alpha', 'denied'], ['beta', 'ok']]);
       expect(audit[3]!.detail).to.equal('rate limit ssh 6/min burst 3');
     });

@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BusClient, BusError } from '../../guest-services/bus-client.js';
-import { AuditLog } from '../../host-broker/audit/audit-log.js';
+import { AuditFile, AuditLog } from '../../host-broker/audit/audit-log.js';
 import { AUDIT_FIELDS, parseAuditLine, type AuditEntry } from '../../host-broker/audit/audit.js';
 import { auditCommand } from '../../host-broker/cli/audit.js';
 import { BrokerError, unknownOperation, type NamespaceHandler } from '../../host-broker/handler.js';
@@ -22,6 +22,7 @@ const SECRET = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY-audit';
 
 const handler: NamespaceHandler = {
   namespace: 'ssh-agent',
+  operations: ['status', 'list', 'sign', 'refuse', 'explode'],
   async handle(operation, _payload, ctx) {
     switch (operation) {
       case 'status':
@@ -64,7 +65,8 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
 
     it('writes one ordered line per credential operation and outcome, before the answer, never a secret', async () => {
       const dir = tempDir('shed-aud');
-      const file = path.join(dir, 'log', 'audit.log');
+      const logDir = path.join(dir, 'log');
+      const file = path.join(logDir, 'alpha.log');
       const deny = path.join(dir, 'deny');
       fs.writeFileSync(deny, '#!/bin/sh\nexit 1\n', { mode: 0o700 });
       const policy = {
@@ -72,7 +74,7 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
         defaults: { limits: { ssh: { per_minute: 60, burst: 6 } } },
         sheds: { alpha: { approval: { gate: 'command', command: [deny] } }, beta: { ssh: { enabled: false } } },
       };
-      h = await (kind === 'direct' ? startDirectBroker : startShedBroker)({ policy, handlers: [handler], audit: new AuditLog(file) });
+      h = await (kind === 'direct' ? startDirectBroker : startShedBroker)({ policy, handlers: [handler], audit: new AuditLog(logDir) });
       const alpha = new BusClient({ publishUrl: h.publishUrl('alpha'), deadlineMs: 5000 });
       const beta = new BusClient({ publishUrl: h.publishUrl('beta'), deadlineMs: 5000 });
       const results: string[] = [];
@@ -85,7 +87,8 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
       results.push(await outcome(beta.publish('ssh-agent', { operation: 'list' })));
       expect(results).to.deep.equal(['ok', 'KEY_NOT_ALLOWED', 'INTERNAL_ERROR', 'APPROVAL_DENIED', 'ok', 'ok', 'ok', 'RATE_LIMITED', 'NAMESPACE_DISABLED']);
 
-      const text = fs.readFileSync(file, 'utf8');
+      // One file per shed.
+      const text = fs.readFileSync(file, 'utf8') + fs.readFileSync(path.join(logDir, 'beta.log'), 'utf8');
       expect(text).not.to.include(SECRET);
       expect(h.log.lines.join('\n')).not.to.include(SECRET);
       const lines = text.split('\n').filter(Boolean);
@@ -115,7 +118,7 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
       fs.writeFileSync(blocker, '');
       const policy = { version: 1, audit: { required: true }, sheds: { alpha: {} } };
       const log = memoryLogger('shed-host-agent');
-      h = await (kind === 'direct' ? startDirectBroker : startShedBroker)({ policy, handlers: [handler], log, audit: new AuditLog(path.join(blocker, 'audit.log'), { log }) });
+      h = await (kind === 'direct' ? startDirectBroker : startShedBroker)({ policy, handlers: [handler], log, audit: new AuditLog(path.join(blocker, 'audit'), { log }) });
       const alpha = new BusClient({ publishUrl: h.publishUrl('alpha'), deadlineMs: 5000 });
       const err = await alpha.publish('ssh-agent', { operation: 'list' }).catch((e: BusError) => e);
       expect(err).to.be.instanceOf(BusError);
@@ -123,12 +126,12 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
       expect((err as BusError).message).to.match(/cannot write its audit log and policy requires it/);
       expect(JSON.stringify(err)).not.to.include(SECRET);
       expect(h.broker.auditError).to.match(/EEXIST|ENOTDIR/);
-      expect(h.log.lines.join('\n')).to.match(/ERROR audit log .*blocked\/audit.log cannot be written/);
+      expect(h.log.lines.join('\n')).to.match(/ERROR audit log .*blocked\/audit\/alpha.log cannot be written/);
 
       fs.rmSync(blocker);
       expect(await alpha.publish('ssh-agent', { operation: 'list' })).to.include({ secret: SECRET });
       expect(h.broker.auditError).to.equal(undefined);
-      expect(fs.readFileSync(path.join(blocker, 'audit.log'), 'utf8').split('\n').filter(Boolean)).to.have.length(1);
+      expect(fs.readFileSync(path.join(blocker, 'audit', 'alpha.log'), 'utf8').split('\n').filter(Boolean)).to.have.length(1);
 
       // Without `required`, a failing log is loud but the request is served.
       fs.rmSync(blocker, { recursive: true });
@@ -151,7 +154,7 @@ describe('shed-host-agent audit', function () {
   ];
 
   async function writeLog(file: string, list: AuditEntry[], options = {}): Promise<void> {
-    const log = new AuditLog(file, options);
+    const log = new AuditFile(file, options);
     for (const e of list) await log.write(e);
     await log.close();
   }
@@ -184,30 +187,65 @@ describe('shed-host-agent audit', function () {
     expect(json.stdout.trim().split('\n').map((l) => JSON.parse(l).request_id)).to.deep.equal(['r-2', 'r-3']);
   });
 
-  it('finds the log through the policy, and says what is wrong when it cannot', async () => {
+  it('finds the per-shed logs through the policy, merges them into one timeline, and says what is wrong when it cannot', async () => {
     const dir = tempDir('shed-cli');
-    const file = path.join(dir, 'state', 'audit.log');
+    const auditDir = path.join(dir, 'state', 'audit');
     const config = path.join(dir, 'extensions.yaml');
-    fs.writeFileSync(config, `version: 1\naudit:\n  path: ${file}\nsheds:\n  alpha: {}\n`, { mode: 0o600 });
+    fs.writeFileSync(config, `version: 1\naudit:\n  dir: ${auditDir}\nsheds:\n  alpha: {}\n`, { mode: 0o600 });
 
     const missing = await cli(['--config', config]);
     expect(missing.code).to.equal(1);
-    expect(missing.stderr).to.match(/no audit log at .*state\/audit.log yet; the broker writes it on the first credential request/);
+    expect(missing.stderr).to.match(/no audit log in .*state\/audit yet; the broker writes it on the first credential request/);
 
-    await writeLog(file, entries);
-    fs.appendFileSync(file, 'not json\n');
+    const log = new AuditLog(auditDir);
+    for (const e of entries) await log.write(e);
+    await log.close();
+    fs.appendFileSync(path.join(auditDir, 'beta.log'), 'not json\n');
+    const all = await cli(['--config', config]);
+    expect(all.stdout.trim().split('\n').map((l) => l.split(' req ')[1])).to.deep.equal(['r-1', 'r-2', 'r-3']);
     const ok = await cli(['--config', config, '--shed', 'beta']);
     expect(ok.code).to.equal(0);
     expect(ok.stdout).to.include('req r-2').and.not.to.include('r-1');
     expect(ok.stderr).to.equal('shed-host-agent audit: skipped 1 line that is not an audit entry\n');
+    expect((await cli(['--dir', auditDir, '--shed', 'alpha'])).stdout.trim().split('\n')).to.have.length(2);
 
-    const usage = await cli(['--file', file, '--since', 'yesterday']);
+    const usage = await cli(['--file', path.join(auditDir, 'alpha.log'), '--since', 'yesterday']);
     expect(usage.code).to.equal(2);
     expect(usage.stderr).to.match(/--since "yesterday" is neither a duration/);
     expect((await cli(['--bogus'])).code).to.equal(2);
     const badPolicy = await cli(['--config', path.join(dir, 'nope.yaml')]);
     expect(badPolicy.code).to.equal(1);
-    expect(badPolicy.stderr).to.match(/cannot read the policy to find the audit log[^]*\n\(pass --file FILE/);
+    expect(badPolicy.stderr).to.match(/cannot read the policy to find the audit log[^]*\n\(pass --dir DIR or --file FILE/);
+  });
+
+  it('shows what a guest wrote escaped: no forged line, no escape sequence reaches the terminal', async () => {
+    const dir = tempDir('shed-cli');
+    const file = path.join(dir, 'hostile.log');
+    // As an older version, or another writer, might have left it: raw controls in the JSON.
+    const forged = { ...entries[0]!, op: 'sign\n2026-01-01 00:00:00.000Z  beta  ssh-agent sign  ok', detail: '\x1b]0;owned\x07\x1b[2J\u009b31m\u202egnp.exe', request_id: 'r-\r-9' };
+    fs.writeFileSync(file, `${JSON.stringify(forged)}\n`, { mode: 0o600 });
+    const out = await cli(['--file', file]);
+    expect(out.code).to.equal(0);
+    expect(out.stdout.split('\n').filter(Boolean)).to.have.length(1);
+    // eslint-disable-next-line no-control-regex -- the point: none may reach the terminal
+    expect(out.stdout.replace(/\n$/, '')).not.to.match(/[\x00-\x1f\x7f-\x9f\u202e]/);
+    expect(out.stdout).to.include('sign\\x0a2026-01-01').and.include('\\x1b]0;owned\\x07').and.include('\\u{202e}');
+  });
+
+  it('--follow picks up a shed whose log appears while it runs', async () => {
+    const dir = tempDir('shed-cli');
+    const log = new AuditLog(dir);
+    await log.write(entries[0]!);
+    const stop = new AbortController();
+    let stdout = '';
+    const following = auditCommand(['--dir', dir, '--follow', '--json'], { stdout: (t) => (stdout += t), stderr: () => undefined, signal: stop.signal, pollMs: 50 });
+    await waitFor(() => stdout.includes('"r-1"'), 5000, 'the existing line');
+    await log.write({ ...entries[1]!, shed: 'gamma', request_id: 'g-1' });
+    await log.write({ ...entries[2]!, request_id: 'a-2' });
+    await log.close();
+    await waitFor(() => stdout.includes('"g-1"') && stdout.includes('"a-2"'), 5000, 'the new lines');
+    stop.abort();
+    expect(await following).to.equal(0);
   });
 
   it('--follow misses no line when several rotations happen between two looks', async () => {
@@ -218,7 +256,7 @@ describe('shed-host-agent audit', function () {
     let stdout = '';
     const following = auditCommand(['--file', file, '--follow', '--json'], { stdout: (t) => (stdout += t), stderr: () => undefined, signal: stop.signal, pollMs: 400 });
     await waitFor(() => stdout.includes('"r-1"'), 5000, 'the existing line');
-    const log = new AuditLog(file, { maxBytes: 4096, keep: 20 });
+    const log = new AuditFile(file, { maxBytes: 4096, keep: 20 });
     const ids = Array.from({ length: 120 }, (_, i) => `g-${i}`);
     await Promise.all(ids.map((id) => log.write({ ...entries[2]!, request_id: id })));
     await log.close();
@@ -240,7 +278,7 @@ describe('shed-host-agent audit', function () {
     try {
       await waitFor(() => out.stdout().includes('"r-1"'), 15_000, 'the existing line');
       // Enough lines to rotate the 4 KiB log several times while it is followed.
-      const log = new AuditLog(file, { maxBytes: 4096, keep: 20 });
+      const log = new AuditFile(file, { maxBytes: 4096, keep: 20 });
       const fresh: AuditEntry[] = [];
       for (let i = 0; i < 90; i++) {
         const e: AuditEntry = { ...entries[2]!, ts: new Date().toISOString(), shed: i % 3 === 0 ? 'beta' : 'alpha', request_id: `f-${i}` };

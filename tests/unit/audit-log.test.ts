@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
-import { AuditLog, auditFiles, SYNC_INTERVAL_MS } from '../../host-broker/audit/audit-log.js';
+import { AuditFile, AuditLog, auditFiles, auditLogFiles, SYNC_INTERVAL_MS } from '../../host-broker/audit/audit-log.js';
 import { AUDIT_FIELDS, auditLine, parseAuditLine, type AuditEntry } from '../../host-broker/audit/audit.js';
 import { memoryLogger } from '../../protocol/log.js';
 import { tempDir } from '../support/procs.js';
@@ -39,7 +39,7 @@ function readAll(file: string): AuditEntry[] {
   return out;
 }
 
-describe('audit log', () => {
+describe('audit file', () => {
   let dir: string;
   beforeEach(() => {
     dir = tempDir('shed-audit');
@@ -47,7 +47,7 @@ describe('audit log', () => {
 
   it('writes the fields in a fixed order, in a 0600 file in a 0700 directory', async () => {
     const file = path.join(dir, 'new', 'deeper', 'audit.log');
-    const log = new AuditLog(file);
+    const log = new AuditFile(file);
     const scrambled = { request_id: 'r1', approval: 'prompt', detail: 'SHA256:abc', result: 'denied', op: 'sign', ns: 'ssh-agent', shed: 'alpha', ts: '2026-03-31T15:04:05.123Z' } as AuditEntry;
     await log.write(scrambled);
     await log.close();
@@ -59,22 +59,28 @@ describe('audit log', () => {
     expect(mode(path.join(dir, 'new'))).to.equal(0o700);
   });
 
-  it('keeps a line on one line whatever the detail holds, and tightens a loose existing file', async () => {
+  it('keeps a line one line of printable text whatever its fields hold, bounded, and tightens a loose existing file', async () => {
     const file = path.join(dir, 'audit.log');
     fs.writeFileSync(file, '', { mode: 0o644 });
     fs.chmodSync(file, 0o644);
-    const log = new AuditLog(file);
-    await log.write(entry(1, { detail: 'two\nlines\r\u2028and "quotes"' }));
+    const log = new AuditFile(file);
+    await log.write(entry(1, { detail: 'two\nlines\r\u2028and "quotes" \x1b[31m\u009b\u202e\\x1b', op: 'o'.repeat(10_000), ns: `n${'\x07'.repeat(100)}` }));
     await log.close();
     const text = fs.readFileSync(file, 'utf8');
     expect(text.split('\n')).to.have.length(2);
-    expect(parseAuditLine(text.trim())!.detail).to.equal('two\nlines\r\u2028and "quotes"');
+    // Nothing a terminal acts on, not even C1 controls that JSON leaves as they are.
+    // eslint-disable-next-line no-control-regex -- the point: none of these may be in the file
+    expect(text).not.to.match(/[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202e]/);
+    const e = parseAuditLine(text.trim())!;
+    expect(e.detail).to.equal('two\\x0alines\\x0d\\u{2028}and "quotes" \\x1b[31m\\x9b\\u{202e}\\\\x1b');
+    expect(e.op).to.equal(`${'o'.repeat(64)}…`);
+    expect(e.ns.length).to.be.at.most(64 * 4 + 1);
     expect(mode(file)).to.equal(0o600);
   });
 
   it('syncs the first line at once, then at most one datasync per interval, and the last lines before close', async () => {
     const file = path.join(dir, 'audit.log');
-    const log = new AuditLog(file);
+    const log = new AuditFile(file);
     await log.write(entry(0));
     expect(log.syncs, 'a line after a quiet spell is synced without waiting').to.equal(1);
     const started = performance.now();
@@ -92,7 +98,7 @@ describe('audit log', () => {
     this.timeout(20_000);
     const file = path.join(dir, 'audit.log');
     const maxBytes = 16 * 1024;
-    const log = new AuditLog(file, { maxBytes, keep: 50 });
+    const log = new AuditFile(file, { maxBytes, keep: 50 });
     const lineBytes = auditLine(entry(0)).length;
     const total = 1500;
     // Bursts of concurrent writers, some landing while a flush (and a rotation) is on the disk.
@@ -117,7 +123,7 @@ describe('audit log', () => {
 
   it('keeps `keep` rotated files, dropping the oldest', async () => {
     const file = path.join(dir, 'audit.log');
-    const log = new AuditLog(file, { maxBytes: 4096, keep: 2 });
+    const log = new AuditFile(file, { maxBytes: 4096, keep: 2 });
     const perFile = Math.floor(4096 / auditLine(entry(0)).length);
     for (let i = 0; i < perFile * 5; i++) await log.write(entry(i));
     await log.close();
@@ -129,21 +135,24 @@ describe('audit log', () => {
     expect(ids[0]).to.equal(entry(perFile * 2).request_id);
   });
 
-  it('gives a line longer than max_bytes a file of its own', async () => {
+  it('bounds every line to fit the smallest max_bytes (4096), whatever its fields hold', async () => {
     const file = path.join(dir, 'audit.log');
-    const log = new AuditLog(file, { maxBytes: 4096, keep: 5 });
+    const log = new AuditFile(file, { maxBytes: 4096, keep: 5 });
+    const huge = '\\\u202e'.repeat(10_000);
+    const line = auditLine({ ts: huge, shed: huge, ns: huge, op: huge, result: 'denied', detail: huge, approval: 'none', request_id: huge });
+    expect(Buffer.byteLength(line)).to.be.below(4096);
     await log.write(entry(1));
     await log.write(entry(2, { detail: 'd'.repeat(5000) }));
     await log.write(entry(3));
     await log.close();
     expect(readAll(file).map((e) => e.request_id)).to.deep.equal(['req-000001', 'req-000002', 'req-000003']);
-    expect(auditFiles(file)).to.have.length(3);
+    expect(auditFiles(file)).to.have.length(1);
   });
 
   it('starts on a fresh line after a torn last line', async () => {
     const file = path.join(dir, 'audit.log');
     fs.writeFileSync(file, `${auditLine(entry(1))}{"ts":"2026-03-3`, { mode: 0o600 });
-    const log = new AuditLog(file);
+    const log = new AuditFile(file);
     await log.write(entry(2));
     await log.close();
     const lines = fs.readFileSync(file, 'utf8').split('\n');
@@ -157,7 +166,7 @@ describe('audit log', () => {
     fs.writeFileSync(blocker, '');
     const file = path.join(blocker, 'audit.log');
     const logger = memoryLogger();
-    const log = new AuditLog(file, { log: logger });
+    const log = new AuditFile(file, { log: logger });
     let failure: Error | undefined;
     await log.write(entry(1)).catch((err: Error) => (failure = err));
     expect(failure?.message).to.match(/^cannot write the audit log .*not-a-dir\/audit.log: .*(ENOTDIR|EEXIST)/);
@@ -178,12 +187,69 @@ describe('audit log', () => {
   it('moves to a new path on configure', async () => {
     const first = path.join(dir, 'a.log');
     const second = path.join(dir, 'b', 'b.log');
-    const log = new AuditLog(first);
+    const log = new AuditFile(first);
     await log.write(entry(1));
     log.configure(second, { maxBytes: 0, keep: 1 });
     await log.write(entry(2));
     await log.close();
     expect(readAll(first).map((e) => e.request_id)).to.deep.equal(['req-000001']);
     expect(readAll(second).map((e) => e.request_id)).to.deep.equal(['req-000002']);
+  });
+});
+
+describe('audit log: one file per shed', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = tempDir('shed-audit');
+  });
+
+  it('writes each shed\'s lines to <dir>/<shed>.log, and what is not a shed name to _other.log', async () => {
+    const log = new AuditLog(dir);
+    await log.write(entry(1, { shed: 'alpha' }));
+    await log.write(entry(2, { shed: 'beta' }));
+    await log.write(entry(3, { shed: 'alpha' }));
+    await log.write(entry(4, { shed: '../../etc/passwd' }));
+    await log.close();
+    expect(auditLogFiles(dir).map((f) => path.basename(f))).to.deep.equal(['_other.log', 'alpha.log', 'beta.log']);
+    expect(readAll(log.fileOf('alpha')).map((e) => e.request_id)).to.deep.equal(['req-000001', 'req-000003']);
+    expect(readAll(path.join(dir, '_other.log'))[0]!.shed).to.equal('../../etc/passwd');
+    expect(mode(dir)).to.equal(0o700);
+  });
+
+  it('rotates a shed\'s file on its own: however much one shed writes, another keeps its history', async () => {
+    const log = new AuditLog(dir, { maxBytes: 4096, keep: 2 });
+    await log.write(entry(0, { shed: 'quiet', request_id: 'quiet-1' }));
+    for (let i = 1; i <= 2000; i++) await log.write(entry(i, { shed: 'noisy' }));
+    await log.write(entry(2001, { shed: 'quiet', request_id: 'quiet-2' }));
+    await log.close();
+    expect(readAll(log.fileOf('quiet')).map((e) => e.request_id)).to.deep.equal(['quiet-1', 'quiet-2']);
+    // The noisy shed kept only what its own files hold: its newest lines.
+    const noisy = readAll(log.fileOf('noisy'));
+    expect(noisy.length).to.be.below(2000);
+    expect(noisy.at(-1)!.request_id).to.equal('req-002000');
+    expect(auditFiles(log.fileOf('noisy'))).to.have.length(3);
+  });
+
+  it('closes the files of idle sheds and reopens them on the next line', async () => {
+    const log = new AuditLog(dir);
+    await log.write(entry(1, { shed: 'alpha' }));
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+    const open = fds();
+    log.releaseIdle(0);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(fds()).to.equal(open - 1);
+    await log.write(entry(2, { shed: 'alpha' }));
+    await log.close();
+    expect(readAll(log.fileOf('alpha'))).to.have.length(2);
+  });
+
+  it('moves every shed\'s file to a new directory on configure', async () => {
+    const log = new AuditLog(path.join(dir, 'a'));
+    await log.write(entry(1, { shed: 'alpha' }));
+    log.configure(path.join(dir, 'b'), { maxBytes: 0, keep: 1 });
+    await log.write(entry(2, { shed: 'alpha' }));
+    await log.close();
+    expect(readAll(path.join(dir, 'a', 'alpha.log'))).to.have.length(1);
+    expect(readAll(path.join(dir, 'b', 'alpha.log'))).to.have.length(1);
   });
 });

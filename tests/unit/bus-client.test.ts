@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { BusClient, BusError, parsePublishUrl } from '../../guest-services/bus-client.js';
+import { BusClient, BusError, MAX_IN_FLIGHT, parsePublishUrl } from '../../guest-services/bus-client.js';
 import { requestEnvelope, responseEnvelope } from '../../protocol/messages.js';
 import { tempDir } from '../support/procs.js';
 
@@ -192,5 +192,34 @@ describe('bus client', () => {
     expect(err.kind).to.equal('malformed');
     client.close();
     await ep.close();
+  });
+
+  it(`has at most ${MAX_IN_FLIGHT} requests on the wire at once; the rest wait their turn within their deadline`, async () => {
+    let open = 0;
+    let most = 0;
+    const e = await endpoint((body, res) => {
+      open += 1;
+      most = Math.max(most, open);
+      setTimeout(() => {
+        open -= 1;
+        answerEnvelope(body, res, { n: (body.payload as { n: number }).n });
+      }, 5);
+    });
+    const client = new BusClient({ publishUrl: e.url, deadlineMs: 10_000 });
+    try {
+      const answers = await Promise.all(Array.from({ length: 100 }, (_, n) => client.publish('ssh-agent', { operation: 'list', n })));
+      expect(answers.map((a) => a.n)).to.deep.equal(Array.from({ length: 100 }, (_, n) => n));
+      expect(most).to.equal(MAX_IN_FLIGHT);
+      // One whose deadline passes while it waits fails with DEADLINE and gives its turn back.
+      const slow = await endpoint(() => undefined);
+      const stuck = new BusClient({ publishUrl: slow.url, deadlineMs: 300 });
+      const results = await Promise.allSettled(Array.from({ length: MAX_IN_FLIGHT + 4 }, () => stuck.publish('ssh-agent', { operation: 'list' })));
+      expect(results.every((r) => r.status === 'rejected' && (r.reason as BusError).code === 'DEADLINE')).to.equal(true);
+      stuck.close();
+      await slow.close();
+    } finally {
+      client.close();
+      await e.close();
+    }
   });
 });

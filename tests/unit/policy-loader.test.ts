@@ -261,7 +261,8 @@ describe('policy: the original shed-extensions format', () => {
     expect(policy.resolve('anyone')!.docker.registries).to.deep.equal(['ghcr.io']);
     expect(policy.server?.url).to.equal('http://localhost:9090');
     expect(policy.direct.enabled).to.equal(false);
-    expect(policy.audit.path).to.equal('/tmp/audit.log');
+    expect(policy.audit.dir).to.equal('/tmp/audit');
+    expect(policy.notices.join('\n')).to.match(/logging\.path \/tmp\/audit\.log \(one file\) is now audit\.dir \/tmp\/audit \(one file per shed\)/);
     expect(policy.locate(['sheds', '*', 'aws', 'role'])).to.deep.include({ line: 10, col: 17 });
   });
 

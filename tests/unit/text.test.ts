@@ -16,9 +16,16 @@ describe('printable text', () => {
     expect(printable('\\x1b')).to.equal('\\\\x1b');
   });
 
-  it('bounds what it keeps and says so', () => {
+  it('bounds what it gives, escapes included, never cutting inside one, and says so', () => {
     expect(printable('a'.repeat(300), 10)).to.equal(`${'a'.repeat(10)}…`);
     expect(printable('abc', 10)).to.equal('abc');
+    expect(printable('\x1b'.repeat(10), 10)).to.equal('\\x1b\\x1b…');
+    expect(printable('ab\u202e', 10)).to.equal('ab\\u{202e}');
+    expect(printable('ab\u202ecd', 8)).to.equal('ab…');
+    for (let i = 0; i < 200; i++) {
+      const s = Array.from({ length: 50 }, () => String.fromCodePoint(Math.floor(Math.random() * 0x3000))).join('');
+      expect(printable(s, 20).length).to.be.at.most(21);
+    }
   });
 
   it('escapeControls leaves backslashes and ordinary text alone', () => {
