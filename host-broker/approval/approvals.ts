@@ -5,14 +5,17 @@
  * - Gated: ssh-agent requests that ask (`sign`) whenever the shed has a gate;
  *   aws-credentials ones only when `approval.applies_to` lists
  *   aws-credentials. Everything else answers 'none'.
- * - `per-request`: every request asks. `per-session`: one approval lasts
- *   `ttl` for every shed (of that namespace, through the same gate).
- *   `per-shed`: one approval lasts `ttl` for that shed. An approval is valid
- *   for the shorter of the ttl it was granted under and the asking shed's.
- * - Single flight: while a prompt is open, other requests that it would
- *   cover wait for it instead of opening their own. Its initiator is audited
- *   `prompt`, the waiters `cached`; a denial denies them all and is not
- *   remembered (the next request asks again).
+ * - `per-request`: every request asks. `per-shed` (the default): one
+ *   approval lasts `ttl` for that shed. `per-session`: one approval lasts
+ *   `ttl` for every shed (of that namespace, through the same gate), and the
+ *   prompt says so. An approval is valid for the shorter of the ttl it was
+ *   granted under and the asking shed's.
+ * - Single flight, per shed: while a shed's prompt is open, that shed's other
+ *   requests it would cover wait for it instead of opening their own. Its
+ *   initiator is audited `prompt`, the waiters `cached`; a denial denies
+ *   them and is not remembered (the next request asks again). Another
+ *   shed never waits on that prompt, nor is denied by it: it asks for itself
+ *   (under per-session, an approval given meanwhile serves it).
  */
 import { CommonCode } from '../../protocol/codes.js';
 import type { Namespace } from '../../protocol/envelope.js';
@@ -22,10 +25,13 @@ import { BrokerError, type ApprovalOutcome, type ApprovalSubject } from '../hand
 import type { EffectiveApproval, EffectiveShed } from '../policy/effective.js';
 import type { Policy } from '../policy/policy.js';
 import { formatDuration } from '../policy/schema.js';
+import { printable } from '../../protocol/text.js';
+import { BoundedMap } from '../bounded-map.js';
 import { askTouchId, checkGate, CommandRunner, type GateRequest, type GateVerdict } from './gates.js';
 
-/** Past this many remembered approvals, expired ones are dropped. */
+/** Approvals remembered, and prompts open, at most; past that the oldest approval is forgotten (its shed asks again). */
 const MAX_GRANTS = 1024;
+const MAX_FLIGHTS = 1024;
 
 export interface ApprovalsOptions {
   log: Logger;
@@ -46,13 +52,16 @@ export function gated(approval: EffectiveApproval, namespace: Namespace): boolea
 }
 
 export class Approvals {
-  private readonly grants = new Map<string, Grant>();
-  private readonly flights = new Map<string, Promise<void>>();
+  private readonly grants: BoundedMap<string, Grant>;
+  private readonly flights: BoundedMap<string, Promise<void>>;
   private readonly runner = new CommandRunner();
   private readonly now: () => number;
 
   constructor(private readonly options: ApprovalsOptions) {
     this.now = options.now ?? Date.now;
+    this.grants = new BoundedMap({ maxEntries: MAX_GRANTS, now: this.now });
+    // An open prompt is never forgotten; past the cap a new one is refused.
+    this.flights = new BoundedMap({ maxEntries: MAX_FLIGHTS, evictable: () => false, now: this.now });
   }
 
   /** The dispatcher's approver. */
@@ -92,47 +101,54 @@ export class Approvals {
   private async approve(shed: EffectiveShed, namespace: Namespace, operation: string, subject: ApprovalSubject): Promise<ApprovalOutcome> {
     const approval = shed.approval;
     if (!gated(approval, namespace)) return 'none';
-    const request: GateRequest = { shed: shed.name, namespace, operation, subject };
+    const scope = approval.policy === 'per-request' ? 'request' : approval.policy === 'per-shed' ? 'shed' : 'session';
+    const request: GateRequest = { shed: shed.name, namespace, operation, subject, scope, ttl: approval.ttl };
     if (approval.policy === 'per-request') {
       await this.ask(approval, request);
       return 'prompt';
     }
-    const key = this.keyOf(approval, shed.name, namespace);
+    const key = this.keyOf(approval, scope === 'shed' ? `shed:${shed.name}` : 'session', namespace);
     const grant = this.grants.get(key);
     if (grant && this.now() - grant.at < Math.min(grant.ttl, approval.ttl)) return 'cached';
-    const open = this.flights.get(key);
+    // One prompt at a time per shed: this shed's other requests wait for it; other sheds ask for themselves.
+    const flightKey = this.keyOf(approval, `shed:${shed.name}`, namespace);
+    const open = this.flights.get(flightKey);
     if (open) {
       await open;
       return 'cached';
     }
-    const flight = this.ask(approval, request).then(() => this.remember(key, approval.ttl));
-    this.flights.set(key, flight);
+    let settle!: { resolve: () => void; reject: (err: unknown) => void };
+    const flight = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
+    flight.catch(() => undefined);
+    if (!this.flights.set(flightKey, flight)) {
+      throw new BrokerError(CommonCode.APPROVAL_DENIED, 'too many approval prompts are open on the host; retry once they are answered', { detail: `${subject.subject} (too many prompts open)` });
+    }
     try {
-      await flight;
+      await this.ask(approval, request);
+      this.remember(key, approval.ttl);
+      settle.resolve();
+    } catch (err) {
+      settle.reject(err);
+      throw err;
     } finally {
-      this.flights.delete(key);
+      this.flights.delete(flightKey);
     }
     return 'prompt';
   }
 
   /** Same gate, same scope, same namespace → same approval. */
-  private keyOf(approval: EffectiveApproval, shed: string, namespace: Namespace): string {
-    const scope = approval.policy === 'per-shed' ? `shed:${shed}` : 'session';
+  private keyOf(approval: EffectiveApproval, scope: string, namespace: Namespace): string {
     return JSON.stringify([approval.gate, approval.command ?? [], scope, namespace]);
   }
 
   private remember(key: string, ttl: number): void {
-    const now = this.now();
-    if (this.grants.size >= MAX_GRANTS) {
-      for (const [k, g] of this.grants) if (now - g.at >= g.ttl) this.grants.delete(k);
-    }
-    this.grants.set(key, { at: now, ttl });
+    this.grants.set(key, { at: this.now(), ttl }, ttl);
   }
 
   /** Ask the gate once; throws APPROVAL_DENIED unless approved. */
   private async ask(approval: EffectiveApproval, request: GateRequest): Promise<void> {
     const { log } = this.options;
-    const what = `${request.namespace} ${request.operation} for shed ${request.shed} (${request.subject.subject})`;
+    const what = `${request.namespace} ${request.operation} for shed ${request.shed} (${printable(request.subject.subject, 200)})`;
     log.info(`approval: asking gate ${approval.gate} about ${what}`);
     let verdict: GateVerdict & { stderr?: string };
     if (approval.gate === 'command') verdict = await this.runner.run(approval.command ?? [], request, approval.timeout);

@@ -15,12 +15,25 @@ import type { Namespace } from '../../protocol/envelope.js';
 import type { ApprovalSubject } from '../handler.js';
 import { expandHome, type EffectiveApproval } from '../policy/effective.js';
 import { formatDuration } from '../policy/schema.js';
+import { printable } from '../../protocol/text.js';
 
 export interface GateRequest {
   shed: string;
   namespace: Namespace;
   operation: string;
   subject: ApprovalSubject;
+  /** What an approval covers: this request, this shed for `ttl`, or every shed for `ttl`. */
+  scope?: 'request' | 'shed' | 'session';
+  /** Milliseconds an approval lasts (shed and session scopes). */
+  ttl?: number;
+}
+
+/** What an approval of `request` covers, in words for the human ("" for one request). */
+export function scopeText(request: GateRequest): string {
+  const ttl = request.ttl !== undefined ? formatDuration(request.ttl) : '';
+  if (request.scope === 'session') return `approving allows every shed (not only ${request.shed}) for ${ttl}`;
+  if (request.scope === 'shed') return `approving allows shed ${request.shed} for ${ttl}`;
+  return '';
 }
 
 export type GateVerdict = { approved: true } | { approved: false; reason: string; timedOut?: boolean };
@@ -40,16 +53,13 @@ export function gateEnvironment(request: GateRequest, base: NodeJS.ProcessEnv = 
   env.SHED_NAME = request.shed;
   env.SHED_NAMESPACE = request.namespace;
   env.SHED_OPERATION = request.operation;
-  env.SHED_APPROVAL_SUBJECT = clean(request.subject.subject);
-  env.SHED_APPROVAL_DESCRIPTION = clean(request.subject.description);
-  if (request.namespace === 'ssh-agent') env.SHED_KEY_FINGERPRINT = clean(request.subject.subject);
-  if (request.namespace === 'aws-credentials') env.SHED_ROLE_ARN = clean(request.subject.subject);
+  env.SHED_APPROVAL_SUBJECT = printable(request.subject.subject, 512);
+  env.SHED_APPROVAL_DESCRIPTION = printable(request.subject.description, 512);
+  env.SHED_APPROVAL_SCOPE = request.scope ?? 'request';
+  env.SHED_APPROVAL_SCOPE_TEXT = scopeText(request);
+  if (request.namespace === 'ssh-agent') env.SHED_KEY_FINGERPRINT = printable(request.subject.subject, 512);
+  if (request.namespace === 'aws-credentials') env.SHED_ROLE_ARN = printable(request.subject.subject, 512);
   return env;
-}
-
-/** Printable, bounded text for an environment variable or a dialog. */
-function clean(text: string): string {
-  return text.replace(/[\p{Cc}\p{Cf}]/gu, ' ').slice(0, 512);
 }
 
 /** Runs gate commands; remembers the ones running so they can be killed at shutdown. */
@@ -166,7 +176,8 @@ export async function askTouchId(request: GateRequest, timeoutMs: number): Promi
   } catch (err) {
     return { approved: false, reason: (err as Error).message };
   }
-  const reason = `allow shed ${request.shed} to ${clean(request.subject.description)}`;
+  const scope = scopeText(request);
+  const reason = `allow shed ${request.shed} to ${printable(request.subject.description, 400)}${scope ? ` (${scope})` : ''}`;
   return new Promise((resolve) => {
     const timer = setTimeout(() => resolve({ approved: false, reason: `no answer within ${formatDuration(timeoutMs)}`, timedOut: true }), timeoutMs);
     try {

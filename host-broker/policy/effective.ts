@@ -81,7 +81,7 @@ export const BUILTIN_DEFAULTS = {
   ssh: { enabled: true, mode: 'auto', keys: [], allowed_keys: [] },
   aws: { enabled: true, source_profile: 'default', session_duration: 3_600_000, refresh_before: 300_000, policy_arns: [], tags: {} },
   docker: { enabled: true, registries: [], allow_all: false },
-  approval: { gate: 'none', policy: 'per-session', ttl: 4 * 3_600_000, timeout: 25_000, applies_to: ['ssh-agent'] },
+  approval: { gate: 'none', policy: 'per-shed', ttl: 4 * 3_600_000, timeout: 25_000, applies_to: ['ssh-agent'] },
   limits: {
     max_concurrent: 16,
     max_connections: 64,

@@ -48,12 +48,12 @@ async function rejection(p: Promise<unknown>): Promise<BrokerError> {
   throw new Error('expected a rejection');
 }
 
-/** A policy whose sheds alpha, beta and gamma share `approval`; gamma may override it. */
+/** A policy whose sheds alpha, beta, gamma and delta share `approval`; gamma may override it. */
 function setup(approval: Record<string, unknown>, options: { gamma?: Record<string, unknown> } = {}) {
   const policy = policyFromDocument({
     version: 1,
     defaults: { approval },
-    sheds: { alpha: {}, beta: {}, gamma: { approval: options.gamma ?? {} } },
+    sheds: { alpha: {}, beta: {}, gamma: { approval: options.gamma ?? {} }, delta: {} },
   });
   let now = 1_000_000;
   const log = memoryLogger();
@@ -243,12 +243,36 @@ describe('approval: policies', function () {
     expect(lines(counter)).to.deep.equal(['alpha', 'beta', 'alpha']);
   });
 
-  it('many concurrent waiters trigger one prompt', async () => {
+  it('many concurrent requests of a shed wait for its one prompt; another shed never waits on it', async () => {
     const { ask } = setup({ gate: 'command', command: [gate], policy: 'per-session', ttl: '1h' });
     const outcomes = await Promise.all(['alpha', 'beta', 'gamma', 'alpha', 'beta', 'gamma', 'alpha', 'beta'].map((s) => ask(s)));
-    expect(lines(counter)).to.have.length(1);
-    expect(outcomes.filter((o) => o === 'prompt')).to.have.length(1);
-    expect(outcomes.filter((o) => o === 'cached')).to.have.length(7);
+    expect(lines(counter).sort()).to.deep.equal(['alpha', 'beta', 'gamma']);
+    expect(outcomes.filter((o) => o === 'prompt')).to.have.length(3);
+    expect(outcomes.filter((o) => o === 'cached')).to.have.length(5);
+    // Once given, a per-session approval serves a shed that has not asked yet.
+    expect(await ask('delta')).to.equal('cached');
+  });
+
+  it('one shed\'s denial denies only its own requests: another shed asks for itself', async () => {
+    // Denies alpha, approves everyone else.
+    const picky = script(dir, 'picky', `echo "$SHED_NAME" >> "${counter}"; sleep 0.2; [ "$SHED_NAME" != alpha ]`);
+    const { ask } = setup({ gate: 'command', command: [picky], policy: 'per-session', ttl: '1h' });
+    const [a1, b1, a2, b2] = await Promise.allSettled([ask('alpha'), ask('beta'), ask('alpha'), ask('beta')]);
+    expect([a1, a2].map((r) => r.status)).to.deep.equal(['rejected', 'rejected']);
+    expect([b1, b2].map((r) => r.status === 'fulfilled' && r.value).sort()).to.deep.equal(['cached', 'prompt']);
+  });
+
+  it('tells the gate what approving allows: the shed, or every shed under per-session', async () => {
+    const env = path.join(dir, 'env');
+    const record = script(dir, 'record', `echo "$SHED_APPROVAL_SCOPE|$SHED_APPROVAL_SCOPE_TEXT|$SHED_APPROVAL_DESCRIPTION" >> "${env}"`);
+    await setup({ gate: 'command', command: [record], policy: 'per-session', ttl: '2h' }).ask('alpha', 'ssh-agent', { subject: FP, description: 'an ssh login as "\u001b[2Jroot\u202e"' });
+    await setup({ gate: 'command', command: [record], policy: 'per-shed', ttl: '10m' }).ask('beta');
+    await setup({ gate: 'command', command: [record], policy: 'per-request' }).ask('gamma');
+    expect(lines(env)).to.deep.equal([
+      'session|approving allows every shed (not only alpha) for 2h|an ssh login as "\\x1b[2Jroot\\u{202e}"',
+      `shed|approving allows shed beta for 10m|sign with ${FP} (ED25519)`,
+      `request||sign with ${FP} (ED25519)`,
+    ]);
   });
 
   it('a denial denies every waiter and is not remembered', async () => {
