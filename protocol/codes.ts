@@ -72,6 +72,8 @@ export const SshCode = {
 export const AwsCode = {
   ROLE_NOT_FOUND: 'ROLE_NOT_FOUND',
   ASSUME_ROLE_FAILED: 'ASSUME_ROLE_FAILED',
+  /** The host could not load its own (source) credentials; why is in the host log only, as it may quote a secret. */
+  SOURCE_CREDENTIALS_FAILED: 'SOURCE_CREDENTIALS_FAILED',
 } as const;
 
 export const DockerCode = {

@@ -11,7 +11,7 @@ import { BrokerError, unknownOperation, type NamespaceHandler, type RequestConte
 import type { EffectiveAws } from '../policy/effective.js';
 import { CredentialCache, type IssuedCredentials } from './cache.js';
 import { awsPolicyHash, formatSeconds, roleDecision } from './rules.js';
-import { assumeRole, describeStsError } from './sts.js';
+import { assumeRole, describeStsError, SourceCredentialsError } from './sts.js';
 
 export interface AwsHandlerDeps {
   log: Logger;
@@ -62,8 +62,16 @@ export function createAwsHandler(deps: AwsHandlerDeps): NamespaceHandler & { rea
         return fresh;
       },
       (err) => deps.log.warn(`shed ${ctx.shed}: refreshing ${role} failed, serving the still-valid credentials until ${iso(cache.peek(key)?.expiresAt ?? 0)}: ${
-        err instanceof BrokerError ? err.message : describeStsError(err, [])}`),
-    );
+        err instanceof BrokerError ? err.message : err instanceof SourceCredentialsError ? `${err.message}: ${err.detail}` : describeStsError(err, [])}`),
+    ).catch((err: unknown) => {
+      if (!(err instanceof SourceCredentialsError)) throw err;
+      // The guest learns that and where to look; the why stays on the host.
+      deps.log.error(`shed ${ctx.shed}: request ${ctx.requestId}: ${err.message}: ${err.detail}; fix that profile in the host's AWS config `
+        + `(aws configure --profile ${err.profile}, or aws sso login --profile ${err.profile} for SSO) or set aws.source_profile in the host policy`);
+      throw new BrokerError(AwsCode.SOURCE_CREDENTIALS_FAILED,
+        `the host could not load the AWS credentials it assumes ${role} with; the shed-host-agent log on the host says why (request ${ctx.requestId})`,
+        { result: 'error', detail: `source_profile ${err.profile}` });
+    });
     ctx.detail = `${role} until ${iso(hit.credentials.expiresAt)}${hit.source === 'sts' ? '' : ` (${hit.source})`}`;
     return toPayload(hit.credentials);
   }

@@ -26,6 +26,19 @@ export interface StsOptions {
   now: () => number;
 }
 
+/**
+ * The host's own credentials for a profile could not be loaded (SSO expired,
+ * a credential_process failed, a missing profile). What the SDK or the tool
+ * said may quote a secret: `detail` is for the host log, and never quotes
+ * what a credential_process printed.
+ */
+export class SourceCredentialsError extends Error {
+  override readonly name = 'SourceCredentialsError';
+  constructor(readonly profile: string, readonly detail: string) {
+    super(`the source credentials of AWS profile "${profile}" could not be loaded`);
+  }
+}
+
 interface SourceCredentials {
   accessKeyId: string;
   secretAccessKey: string;
@@ -94,14 +107,23 @@ async function loadSource(profile: string, region: string, options: StsOptions):
     const c = await provider();
     return { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey, sessionToken: c.sessionToken };
   } catch (err) {
-    const text = clip(err instanceof Error ? err.message : String(err));
-    throw new BrokerError(
-      AwsCode.ASSUME_ROLE_FAILED,
-      `the host cannot load the source credentials of AWS profile "${profile}": ${text}; fix that profile in the host's AWS config `
-        + `(\`aws configure --profile ${profile}\`, or \`aws sso login --profile ${profile}\` for SSO) or set aws.source_profile in the host policy`,
-      { result: 'error', detail: `source_profile ${profile}` },
-    );
+    throw new SourceCredentialsError(profile, describeSourceError(err, profile));
   }
+}
+
+/**
+ * What went wrong loading source credentials, for the host log. The SDK's
+ * own messages (a missing profile, an expired SSO session) are kept. A
+ * failed credential_process is named, not quoted: the SDK's message holds
+ * the command line and the tool's output, where a token may be.
+ */
+export function describeSourceError(err: unknown, profile: string): string {
+  if (!(err instanceof Error)) return 'unknown error';
+  if (/^Command failed/.test(err.message) || /credential_process returned/.test(err.message)) {
+    const what = /credential_process returned ([a-z ]+)/.exec(err.message)?.[1];
+    return `its credential_process ${what ? `returned ${what}` : 'failed'}; run it by hand to see why (aws configure get credential_process --profile ${profile})`;
+  }
+  return clip(`${err.name}: ${err.message}`);
 }
 
 /** STS's error code and message, or the network failure; source secrets removed in case a message quotes one. */

@@ -132,7 +132,7 @@ export function explain(policy: Policy, req: ExplainRequest, served: Served): Ex
       }
       if (!step('role', roleDecision(e.aws))) break;
       approval('aws-credentials', `credentials for ${e.aws.role}`);
-      then.push(`STS AssumeRole with source profile ${e.aws.source_profile} (ASSUME_ROLE_FAILED when STS refuses); cached per shed and role until ${formatDuration(e.aws.refresh_before)} before expiry`);
+      then.push(`STS AssumeRole with source profile ${e.aws.source_profile} (SOURCE_CREDENTIALS_FAILED when that profile cannot be loaded, ASSUME_ROLE_FAILED when STS refuses); cached per shed and role until ${formatDuration(e.aws.refresh_before)} before expiry`);
       limits('aws');
       break;
     }

@@ -11,7 +11,7 @@ import { BrokerError, type ApprovalSubject, type RequestContext } from '../../ho
 import { BUILTIN_DEFAULTS, type EffectiveAws } from '../../host-broker/policy/effective.js';
 import { policyFromDocument } from '../../host-broker/policy/policy.js';
 import { memoryLogger } from '../../protocol/log.js';
-import { ROLE_DEV, ROLE_OTHER, ROLE_STAGING, SOURCE, startAwsHost, type AwsHostFixture } from '../support/aws-fixtures.js';
+import { LEAKED, ROLE_DEV, ROLE_OTHER, ROLE_STAGING, SOURCE, startAwsHost, type AwsHostFixture } from '../support/aws-fixtures.js';
 
 const baseAws = (over: Partial<EffectiveAws> = {}): EffectiveAws => ({ ...(BUILTIN_DEFAULTS.aws as unknown as EffectiveAws), policy_arns: [], tags: {}, ...over });
 
@@ -178,12 +178,24 @@ describe('aws-credentials handler', () => {
     expect(host.sts.calls.length).to.equal(n);
   });
 
-  it('source credentials come from the SDK provider chain: credential_process works, a missing profile names itself', async () => {
+  it('source credentials come from the SDK provider chain: credential_process works, a missing profile is named in the host log only', async () => {
     const ok = await get(ctx({ role: ROLE_DEV, source_profile: 'proc' }));
     expect(ok.access_key_id).to.match(/^ASIA/);
-    const err = await get(ctx({ role: ROLE_DEV, source_profile: 'nope' })).catch((e: BrokerError) => e);
-    expect(err.code).to.equal('ASSUME_ROLE_FAILED');
-    expect(err.message).to.contain('"nope"').and.contain('aws configure --profile nope');
+    const c = ctx({ role: ROLE_DEV, source_profile: 'nope' });
+    const err = await get(c).catch((e: BrokerError) => e);
+    expect(err.code).to.equal('SOURCE_CREDENTIALS_FAILED');
+    expect(err.message).to.equal(`the host could not load the AWS credentials it assumes ${ROLE_DEV} with; the shed-host-agent log on the host says why (request ${c.requestId})`);
+    expect(log.lines.join('\n')).to.match(new RegExp(`request ${c.requestId}: the source credentials of AWS profile "nope" could not be loaded: .*aws configure --profile nope`));
+  });
+
+  it('a failing credential_process: a fixed message to the guest, and nothing it printed in any log', async () => {
+    const c = ctx({ role: ROLE_DEV, source_profile: 'leaky' });
+    const err = await get(c).catch((e: BrokerError) => e) as BrokerError;
+    expect(err.code).to.equal('SOURCE_CREDENTIALS_FAILED');
+    expect(err.options.detail).to.equal('source_profile leaky');
+    const everything = `${err.message} ${JSON.stringify(err)} ${log.lines.join('\n')}`;
+    expect(everything).not.to.include(LEAKED);
+    expect(log.lines.join('\n')).to.match(/profile "leaky" could not be loaded: its credential_process failed; run it by hand to see why \(aws configure get credential_process --profile leaky\)/);
   });
 
   it('an unreachable STS endpoint is ASSUME_ROLE_FAILED naming it', async () => {
