@@ -22,7 +22,7 @@ import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import { CommonCode } from '../../protocol/codes.js';
 import { compiledOnceHot } from '../../protocol/compiled.js';
 import { ApiErrorBody, describeIssues, Envelope, errorPayload, isShedName, MAX_BODY_BYTES } from '../../protocol/envelope.js';
-import type { Logger } from '../../protocol/log.js';
+import { LogThrottle, type Logger } from '../../protocol/log.js';
 import { newId, nowTimestamp, responseEnvelope } from '../../protocol/messages.js';
 import type { RequestSink, Transport } from './transport.js';
 
@@ -37,6 +37,8 @@ export interface ShedServerTimings {
   requestTimeoutMs: number;
   /** Delays between retries of a failed respond call (0.25, 0.5, 1, 2 s). */
   respondRetryMs: number[];
+  /** A stream with no byte for this long is dead (shed-server writes a keep-alive comment every ~25 s): 90 s. */
+  streamIdleMs: number;
 }
 
 export const DEFAULT_TIMINGS: ShedServerTimings = {
@@ -45,7 +47,13 @@ export const DEFAULT_TIMINGS: ShedServerTimings = {
   resetAfterMs: 60_000,
   requestTimeoutMs: 10_000,
   respondRetryMs: [250, 500, 1000, 2000],
+  streamIdleMs: 90_000,
 };
+
+/** Respond calls on the wire at once; more wait for a connection. */
+export const MAX_RESPOND_SOCKETS = 8;
+/** Answers waiting to be delivered (on the wire, queued, or between retries); past that, new ones are dropped. */
+export const MAX_PENDING_RESPONDS = 1024;
 
 export interface ShedServerOptions {
   /** shed-server's base URL, like http://localhost:8080. */
@@ -80,6 +88,13 @@ interface Subscription {
 
 class PinMismatch extends Error {}
 
+/** shed-server said no to an answer (4xx): that request is over. */
+class RespondRefused extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message);
+  }
+}
+
 export class ShedServerTransport implements Transport {
   readonly description: string;
   private readonly base: URL;
@@ -88,7 +103,11 @@ export class ShedServerTransport implements Transport {
   private readonly inflight = new Set<http.ClientRequest>();
   /** Wakes a respond waiting to retry (stop() wakes them all, and they give up). */
   private readonly retryWaits = new Set<() => void>();
+  /** The subscriptions' connections, and the respond calls' (at most MAX_RESPOND_SOCKETS). */
   private agent: http.Agent | undefined;
+  private respondAgent: http.Agent | undefined;
+  private pendingResponds = 0;
+  private readonly throttle: LogThrottle;
   private authorization: string | undefined;
   private sink: RequestSink | undefined;
   private stopping = false;
@@ -114,6 +133,7 @@ export class ShedServerTransport implements Transport {
     }
     this.base = base;
     this.timings = { ...DEFAULT_TIMINGS, ...options.timings };
+    this.throttle = new LogThrottle(options.log);
     this.description = `shed-server ${base.origin} (${options.namespaces.length ? options.namespaces.join(', ') : 'no namespaces'})`;
   }
 
@@ -126,6 +146,7 @@ export class ShedServerTransport implements Transport {
     this.sink = sink;
     const { log } = this.options;
     this.agent = this.createAgent();
+    this.respondAgent = this.createAgent(MAX_RESPOND_SOCKETS);
     if (this.options.tokenFile && !this.options.clientCert) {
       this.authorization = `Bearer ${readToken(this.options.tokenFile)}`;
       if (this.base.protocol === 'http:' && !isLoopback(this.base.hostname)) {
@@ -158,6 +179,8 @@ export class ShedServerTransport implements Transport {
     for (const req of this.inflight) req.destroy(new Error('the broker is stopping'));
     this.inflight.clear();
     this.agent?.destroy();
+    this.respondAgent?.destroy();
+    this.throttle.close();
   }
 
   /** Namespaces with a live subscription (for status and tests). */
@@ -173,17 +196,17 @@ export class ShedServerTransport implements Transport {
     return this.authorization ? { ...extra, authorization: this.authorization } : extra;
   }
 
-  private createAgent(): http.Agent {
+  private createAgent(maxSockets = Infinity): http.Agent {
     const { tlsPin, clientCert, clientKey } = this.options;
     const tlsOptions: tls.ConnectionOptions = {};
     if (clientCert && clientKey) {
       tlsOptions.cert = readFileOrExplain(clientCert, 'server.client_cert');
       tlsOptions.key = readFileOrExplain(clientKey, 'server.client_key');
     }
-    if (this.base.protocol === 'http:') return new http.Agent({ keepAlive: true });
-    if (!tlsPin) return new https.Agent({ keepAlive: true, ...tlsOptions });
+    if (this.base.protocol === 'http:') return new http.Agent({ keepAlive: true, maxSockets });
+    if (!tlsPin) return new https.Agent({ keepAlive: true, maxSockets, ...tlsOptions });
     const pin = normalizePin(tlsPin);
-    return new PinnedAgent(pin, tlsOptions);
+    return new PinnedAgent(pin, tlsOptions, maxSockets);
   }
 
   private connect(sub: Subscription): void {
@@ -249,7 +272,13 @@ export class ShedServerTransport implements Transport {
         },
       });
       res.setEncoding('utf8');
-      res.on('data', (chunk: string) => parser.feed(chunk));
+      // shed-server writes a keep-alive comment every ~25 s: a stream silent far longer is dead.
+      let idle = setTimeout(() => res.destroy(new Error(`silent for ${formatMs(this.timings.streamIdleMs)}`)), this.timings.streamIdleMs);
+      res.on('close', () => clearTimeout(idle));
+      res.on('data', (chunk: string) => {
+        idle.refresh();
+        parser.feed(chunk);
+      });
       res.on('error', (err: NodeJS.ErrnoException) => fail(err.message === 'aborted' || err.code === 'ECONNRESET'
         ? `the ${sub.namespace} stream from ${this.base.origin} closed`
         : `the ${sub.namespace} stream from ${this.base.origin} broke: ${err.message}`));
@@ -288,7 +317,30 @@ export class ShedServerTransport implements Transport {
       return;
     }
     const shed = envelope.shed!.name;
-    this.sink?.(envelope, shed, (payload) => this.respond(namespace, responseEnvelope(envelope, payload)));
+    this.sink?.(envelope, shed, (payload) => this.deliver(namespace, responseEnvelope(envelope, payload)));
+  }
+
+  /**
+   * Send an answer, within bounds: at most MAX_PENDING_RESPONDS waiting, the
+   * rest dropped (shed-server re-delivers what is not answered, or the guest
+   * times out). Failures are logged here, each kind once a minute with its
+   * count, so a server that refuses every answer cannot flood the log.
+   */
+  private async deliver(namespace: string, envelope: Envelope): Promise<void> {
+    const shed = envelope.shed?.name ?? '?';
+    if (this.pendingResponds >= MAX_PENDING_RESPONDS) {
+      this.throttle.warn('backlog', `${MAX_PENDING_RESPONDS} answers are waiting for ${this.base.origin} to take them: dropped the answer to shed ${shed} request ${envelope.in_reply_to} (shed-server re-delivers it, or the guest times out)`);
+      return;
+    }
+    this.pendingResponds += 1;
+    try {
+      await this.respond(namespace, envelope);
+    } catch (err) {
+      const kind = err instanceof RespondRefused ? `refused ${err.status}` : 'failed';
+      this.throttle.warn(kind, (err as Error).message);
+    } finally {
+      this.pendingResponds -= 1;
+    }
   }
 
   /** Answer INVALID_REQUEST when the envelope names its id and shed; otherwise there is no one to answer. */
@@ -312,7 +364,7 @@ export class ShedServerTransport implements Transport {
       payload: errorPayload(CommonCode.INVALID_REQUEST, problem),
       shed: { ...shed, name: shedName },
     };
-    this.respond(namespace, answer).catch((err: Error) => this.options.log.warn(err.message));
+    void this.deliver(namespace, answer);
   }
 
   /**
@@ -336,10 +388,14 @@ export class ShedServerTransport implements Transport {
         const { status, text } = outcome;
         if (status === 204 || status === 200) return;
         const error = apiError(text);
+        // A refusal ends that request: it is not retried.
         if (status === 404 && error?.code === 'SHED_NOT_CONNECTED') {
-          throw new Error(`shed ${shed} is no longer connected to shed-server; ${what} was dropped`);
+          throw new RespondRefused(status, `shed ${shed} is no longer connected to shed-server; ${what} was dropped`);
         }
-        if (status < 500) throw new Error(`shed-server refused ${what}: ${this.explainStatus(status, error)}`);
+        if (status === 403) {
+          throw new RespondRefused(status, `shed-server refused ${what} (403${error ? ` ${error.code}` : ''}): it holds no such pending request of that shed (answered already, or swept); the request is over`);
+        }
+        if (status < 500) throw new RespondRefused(status, `shed-server refused ${what}: ${this.explainStatus(status, error)}`);
       }
       const reason = outcome instanceof Error ? outcome.message : `${outcome.status} ${apiError(outcome.text)?.code ?? ''}`.trim();
       if (attempt >= delays.length || this.stopping) {
@@ -361,6 +417,7 @@ export class ShedServerTransport implements Transport {
   private post(url: URL, body: string): Promise<{ status: number; text: string }> {
     return new Promise((resolve, reject) => {
       const req = this.request(url, {
+        agent: this.respondAgent,
         method: 'POST',
         headers: this.headers({ 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }),
       });
@@ -392,15 +449,15 @@ export class ShedServerTransport implements Transport {
 
   private request(url: URL, options: http.RequestOptions): http.ClientRequest {
     const target: http.RequestOptions = {
-      ...options,
       agent: this.agent,
+      ...options,
       hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
       port: url.port || (url.protocol === 'https:' ? 443 : 80),
       path: `${url.pathname}${url.search}`,
     };
     if (url.protocol === 'http:') return http.request(target);
     // The pinned agent makes its own TLS sockets: HTTP runs over them as over plain TCP.
-    if (this.agent instanceof PinnedAgent) return http.request({ ...target, protocol: 'http:' });
+    if (target.agent instanceof PinnedAgent) return http.request({ ...target, protocol: 'http:' });
     return https.request(target);
   }
 
@@ -449,8 +506,8 @@ export class ShedServerTransport implements Transport {
  * the pin is the trust anchor (shed-server's certificate is self-signed).
  */
 class PinnedAgent extends http.Agent {
-  constructor(private readonly pin: string, private readonly tlsOptions: tls.ConnectionOptions) {
-    super({ keepAlive: true });
+  constructor(private readonly pin: string, private readonly tlsOptions: tls.ConnectionOptions, maxSockets: number) {
+    super({ keepAlive: true, maxSockets });
   }
 
   override createConnection(options: http.ClientRequestArgs, callback?: (err: Error | null, stream: Duplex) => void): Duplex | null | undefined {
