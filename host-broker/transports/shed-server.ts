@@ -273,7 +273,7 @@ export class ShedServerTransport implements Transport {
       });
       res.setEncoding('utf8');
       // shed-server writes a keep-alive comment every ~25 s: a stream silent far longer is dead.
-      let idle = setTimeout(() => res.destroy(new Error(`silent for ${formatMs(this.timings.streamIdleMs)}`)), this.timings.streamIdleMs);
+      const idle = setTimeout(() => res.destroy(new Error(`silent for ${formatMs(this.timings.streamIdleMs)}`)), this.timings.streamIdleMs);
       res.on('close', () => clearTimeout(idle));
       res.on('data', (chunk: string) => {
         idle.refresh();
