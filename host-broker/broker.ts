@@ -70,7 +70,24 @@ export class Broker {
     return this.direct;
   }
 
+  /**
+   * Start everything, or nothing: when any part fails (an unreadable token
+   * file, a socket path in use), what was started is stopped again, its
+   * sockets removed, and the error thrown.
+   */
   async start(): Promise<void> {
+    try {
+      await this.startAll();
+    } catch (err) {
+      await this.stop().catch((stopErr: Error) => this.options.log.error(`while undoing a failed start: ${stopErr.message}`));
+      throw err;
+    }
+  }
+
+  /** Set by stop(): a start still under way gives up at its next step. */
+  private stopRequested = false;
+
+  private async startAll(): Promise<void> {
     const { log } = this.options;
     compileHotSchemas(compile);
     this.current = this.options.loadPolicy();
@@ -120,13 +137,15 @@ export class Broker {
     }
     const dispatcher = this.dispatcher;
     for (const transport of transports) {
+      // Kept before it starts, so a start that fails half-way is stopped too.
+      this.transports.push(transport);
       await transport.start((envelope, shed, reply) => {
         dispatcher.dispatch(envelope, shed).then(
           (answer) => (answer ? reply(answer) : undefined),
           (err: Error) => log.error(`dispatch failed for shed ${shed}: ${err.name}`),
         ).catch((err: Error) => log.warn(`could not answer shed ${shed}: ${err.message}`));
       });
-      this.transports.push(transport);
+      if (this.stopRequested) throw new Error('stopped while starting');
       log.info(`listening: ${transport.description}`);
     }
     if (policy.hasWildcard()) {
@@ -168,6 +187,7 @@ export class Broker {
   }
 
   async stop(): Promise<void> {
+    this.stopRequested = true;
     this.approvals?.close();
     for (const t of this.transports.splice(0)) await t.stop();
     await this.dispatcher?.close();

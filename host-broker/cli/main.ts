@@ -39,6 +39,9 @@ Options:
   -h, --help      this text
 `;
 
+/** Set by `run`: exit once it returns, whatever handle a peer may still hold open. */
+let forceExit = false;
+
 export async function main(argv: string[]): Promise<number> {
   // audit has options of its own (--shed, --since, --follow): it parses them.
   if (argv[0] === 'audit') return auditCommand(argv.slice(1));
@@ -75,6 +78,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'audit': // options before the command: `--config FILE audit`
       return auditCommand(['--config', config, ...positionals.slice(1)]);
     case 'run':
+      forceExit = true;
       return runBroker(config, createLogger('shed-host-agent'));
     case 'check':
       return checkCommand(config, processIo);
@@ -96,7 +100,12 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 main(process.argv.slice(2)).then(
-  (code) => { process.exitCode = code; },
+  (code) => {
+    process.exitCode = code;
+    // The broker has stopped everything it started: nothing it left (a peer
+    // that keeps a socket half-open) may keep the process from exiting.
+    if (forceExit) process.stderr.write('', () => process.exit(code));
+  },
   (err: Error) => {
     const text = err instanceof PolicyError ? err.message : `${err.message}`;
     process.stderr.write(`shed-host-agent: ${text}\n`);

@@ -26,7 +26,22 @@ export async function runBroker(configPath: string, log: Logger): Promise<number
     else log.info('SIGHUP during start-up: the policy is being read now');
   };
   process.on('SIGHUP', onHup);
-  await broker.start();
+  // Start is all or nothing (Broker.start undoes a partial one), and a stop
+  // signal meanwhile stops it at once.
+  const starting = broker.start();
+  const first = await Promise.race([starting.then(() => undefined, (err: Error) => err), stopSignal]);
+  if (typeof first === 'string') {
+    log.info(`${first} during start-up: stopping`);
+    process.off('SIGHUP', onHup);
+    await broker.stop();
+    await starting.catch(() => undefined);
+    return 0;
+  }
+  if (first instanceof Error) {
+    process.off('SIGHUP', onHup);
+    log.error(`not started: ${first.message}`);
+    return 1;
+  }
   started = true;
   const watcher = new PolicyWatcher({ file: configPath, onChange: () => broker.reload(), log });
   log.info(`shed-host-agent ready (policy ${broker.policy.files.join(', ')}; reloads on edit and on SIGHUP)`);

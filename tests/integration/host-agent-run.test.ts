@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { BusClient } from '../../guest-services/bus-client.js';
 import { VERSION } from '../../protocol/version.js';
@@ -19,7 +20,7 @@ describe('shed-host-agent run', () => {
       const config = writePolicy(dir, [
         'version: 1',
         `direct: { sockets_dir: ${socks} }`,
-        `audit: { path: ${path.join(dir, 'audit.log')} }`,
+        `audit: { dir: ${path.join(dir, 'audit')} }`,
         'sheds:',
         '  alpha: {}',
         '  beta: {}',
@@ -45,6 +46,58 @@ describe('shed-host-agent run', () => {
       expect(out.stderr()).to.match(new RegExp(`${signal}: stopping`));
       expect(fs.readdirSync(socks)).to.deep.equal([]);
       await stopProcess(child);
+    }
+  });
+
+  it('starts all or nothing: a part that fails stops what had started, removes its sockets, and exits 1 with the reason', async () => {
+    const dir = tempDir('shed-r');
+    const socks = path.join(dir, 'socks');
+    const config = writePolicy(dir, [
+      'version: 1',
+      `direct: { sockets_dir: ${socks} }`,
+      `audit: { dir: ${path.join(dir, 'audit')} }`,
+      // The direct sockets start first; the shed-server transport then fails on its token file.
+      `server: { url: http://127.0.0.1:9, token_file: ${path.join(dir, 'missing-token')} }`,
+      'sheds:',
+      '  alpha: {}',
+      '',
+    ].join('\n'));
+    const [cmd, args] = binCommand('shed-host-agent', ['run', '--config', config]);
+    const res = await run(cmd, args, { env: { ...process.env, HOME: dir, SSH_AUTH_SOCK: '' }, timeoutMs: 20_000 });
+    expect(res.code, res.stderr).to.equal(1);
+    expect(res.stderr).to.match(/serving shed alpha on/);
+    expect(res.stderr).to.match(/not started: cannot read server\.token_file .*missing-token: ENOENT/);
+    expect(res.stderr).to.match(/closed the socket of shed alpha/);
+    expect(fs.readdirSync(socks)).to.deep.equal([]);
+  });
+
+  it('stops at once on SIGTERM while it is still starting', async () => {
+    const dir = tempDir('shed-r');
+    const socks = path.join(dir, 'socks');
+    // A shed-server that accepts connections and never answers keeps the start waiting (up to 10 s).
+    const silent = net.createServer(() => undefined);
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    try {
+      const config = writePolicy(dir, [
+        'version: 1',
+        `direct: { sockets_dir: ${socks} }`,
+        `audit: { dir: ${path.join(dir, 'audit')} }`,
+        `server: { url: 'http://127.0.0.1:${(silent.address() as net.AddressInfo).port}' }`,
+        'sheds:',
+        '  alpha: {}',
+        '',
+      ].join('\n'));
+      const [cmd, args] = binCommand('shed-host-agent', ['run', '--config', config]);
+      const child = spawnTracked(cmd, args, { env: { ...process.env, HOME: dir, SSH_AUTH_SOCK: '' } });
+      const out = capture(child);
+      await waitFor(() => /serving shed alpha/.test(out.stderr()), 20_000, 'the direct socket');
+      const closed = new Promise((resolve) => child.once('close', resolve));
+      child.kill('SIGTERM');
+      expect(await closed, out.stderr()).to.equal(0);
+      expect(out.stderr()).to.match(/SIGTERM during start-up: stopping/);
+      expect(fs.readdirSync(socks)).to.deep.equal([]);
+    } finally {
+      silent.close();
     }
   });
 
