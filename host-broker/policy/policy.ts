@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AGENT_WAIT_LIMIT_MS, SHED_NAME_RE } from '../../protocol/envelope.js';
+import { fileKind, NotRegularFile, readRegularFile } from '../../protocol/files.js';
 import { expandHome, resolveShed, type EffectiveShed } from './effective.js';
 import { dirForLogPath, isLegacy, LegacyDocument, legacyNotice, legacyPath, translateLegacy } from './legacy.js';
 import { formatDuration, PolicyDocument, ShedSections } from './schema.js';
@@ -140,6 +141,14 @@ export function loadPolicyFile(file: string): Policy {
 
   const text = readPolicyText(main, issues, 'the policy file');
   if (text === undefined) throw new PolicyError(main, issues.map(formatIssue), issues);
+  // Whoever can write the directory can replace the file (or add sheds.d/).
+  const parent = path.dirname(main);
+  try {
+    const loose = looseness(parent, fs.statSync(parent));
+    if (loose) issues.push({ file: parent, path: [], message: loose });
+  } catch (err) {
+    issues.push({ file: parent, path: [], message: `cannot check the policy's directory (${(err as NodeJS.ErrnoException).code})` });
+  }
   const source = new YamlSource(main, text);
   let doc: PolicyDocument | undefined;
   let mainLocate = (p: KeyPath, o?: { key?: boolean }) => source.locate(p, o);
@@ -255,6 +264,18 @@ function readShedsDir(dir: string, issues: PolicyIssue[]): ShedFile[] {
     if (!m) continue;
     const file = path.join(dir, entry);
     const name = m[1]!;
+    // Looked at before it is opened: a FIFO would block the read for ever.
+    let kind: fs.Stats;
+    try {
+      kind = fs.statSync(file);
+    } catch (err) {
+      issues.push({ file, path: [], message: `cannot read the per-shed file (${(err as NodeJS.ErrnoException).code}): remove it or fix its permissions` });
+      continue;
+    }
+    if (!kind.isFile()) {
+      issues.push({ file, path: [], message: `is not a regular file (${fileKind(kind)}): ${SHEDS_DIR_NAME} holds one <shed>.yaml file per shed; remove it` });
+      continue;
+    }
     if (!SHED_NAME_RE.test(name)) {
       issues.push({ file, path: [], message: `${JSON.stringify(name)} is not a shed name (lowercase letters, digits and hyphens, starting with a letter, at most 63): name the file <shed>.yaml` });
       continue;
@@ -276,18 +297,20 @@ function readShedsDir(dir: string, issues: PolicyIssue[]): ShedFile[] {
   return out;
 }
 
-/** The file's text, or undefined with the problem recorded (unreadable, loose permissions). */
+/** The file's text, or undefined with the problem recorded (unreadable, not a regular file, loose permissions). */
 function readPolicyText(file: string, issues: PolicyIssue[], what: string): string | undefined {
   let st: fs.Stats;
   let text: string;
   try {
-    st = fs.statSync(file);
-    if (st.isDirectory()) {
-      issues.push({ file, path: [], message: `${what} is a directory; give the YAML file's path` });
+    let data: Buffer;
+    ({ st, data } = readRegularFile(file));
+    text = data.toString('utf8');
+  } catch (err) {
+    if (err instanceof NotRegularFile) {
+      const fix = err.kind === 'directory' ? 'give the YAML file\'s path' : 'it must be a regular YAML file';
+      issues.push({ file, path: [], message: `${what} is a ${err.kind}; ${fix}` });
       return undefined;
     }
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     const hint = code === 'ENOENT' ? 'create it (see config-examples/ in shed-extensions) or pass --config' : 'check its permissions';
     issues.push({ file, path: [], message: `cannot read ${what} (${code}): ${hint}` });

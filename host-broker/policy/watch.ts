@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../../protocol/log.js';
 import { expandHome } from './effective.js';
+import { readRegularFile } from '../../protocol/files.js';
 import { SHEDS_DIR_NAME } from './policy.js';
 
 export interface PolicyWatcherOptions {
@@ -29,7 +30,7 @@ export function policyDigest(file: string): string {
     try {
       const st = fs.statSync(p);
       hash.update(`${p}\0${st.mode}\0${st.uid}\0`);
-      if (st.isFile()) hash.update(fs.readFileSync(p));
+      if (st.isFile()) hash.update(readRegularFile(p).data);
     } catch (err) {
       hash.update(`${p}\0${(err as NodeJS.ErrnoException).code}\0`);
     }

@@ -12,7 +12,6 @@
  * written to a server that is not the pinned one.
  */
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
@@ -22,6 +21,7 @@ import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import { CommonCode } from '../../protocol/codes.js';
 import { compiledOnceHot } from '../../protocol/compiled.js';
 import { ApiErrorBody, describeIssues, Envelope, errorPayload, isShedName, MAX_BODY_BYTES } from '../../protocol/envelope.js';
+import { NotRegularFile, readRegularFile } from '../../protocol/files.js';
 import { LogThrottle, type Logger } from '../../protocol/log.js';
 import { newId, nowTimestamp, responseEnvelope } from '../../protocol/messages.js';
 import type { RequestSink, Transport } from './transport.js';
@@ -556,8 +556,9 @@ function readToken(file: string): string {
 
 function readFileOrExplain(file: string, key: string): Buffer {
   try {
-    return fs.readFileSync(file);
+    return readRegularFile(file).data;
   } catch (err) {
+    if (err instanceof NotRegularFile) throw new Error(`${key} ${file} is a ${err.kind}; it must be a regular file`, { cause: err });
     throw new Error(`cannot read ${key} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   }
 }

@@ -1,9 +1,11 @@
 import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
 import { loadPolicyFile, policyFromDocument, PolicyError, type Policy } from '../../host-broker/policy/policy.js';
 import { renderShed, showShed } from '../../host-broker/policy/show.js';
+import { policyDigest } from '../../host-broker/policy/watch.js';
 import { tempDir } from '../support/procs.js';
 
 /** Write `files` (relative path → text) into a fresh dir, 0600 files and 0700 dirs; returns the main file's path. */
@@ -214,6 +216,36 @@ describe('policy: file permissions', () => {
     fs.chmodSync(dir, 0o700);
     fs.chmodSync(path.join(dir, 'alpha.yaml'), 0o660);
     expect(problemsOf(file).join('\n')).to.include(`chmod go-w ${path.join(dir, 'alpha.yaml')}`);
+  });
+});
+
+describe('policy: files that are not what they seem', () => {
+  it('refuses a policy directory writable by group or others: whoever can write it can replace the file', () => {
+    const file = policyDir({ 'extensions.yaml': 'version: 1\n' });
+    const dir = path.dirname(file);
+    fs.chmodSync(dir, 0o770);
+    expect(problemsOf(file)).to.deep.equal([
+      `${dir}: the policy directory is writable by group (mode 0770), so another user could grant sheds your credentials; it is refused until you run: chmod go-w ${dir}`,
+    ]);
+    fs.chmodSync(dir, 0o755);
+    expect(() => loadPolicyFile(file)).not.to.throw();
+  });
+
+  it('refuses a FIFO, socket or directory in sheds.d without opening it, and a FIFO as the policy file', async function () {
+    this.timeout(10_000);
+    const file = policyDir({ 'extensions.yaml': 'version: 1\n', 'sheds.d/alpha.yaml': '{}\n' });
+    const shedsDir = path.join(path.dirname(file), 'sheds.d');
+    execFileSync('mkfifo', ['-m', '600', path.join(shedsDir, 'beta.yaml')]);
+    fs.mkdirSync(path.join(shedsDir, 'gamma.yaml'), { mode: 0o700 });
+    const problems = problemsOf(file).join('\n');
+    expect(problems).to.include(`${path.join(shedsDir, 'beta.yaml')}: is not a regular file (FIFO): sheds.d holds one <shed>.yaml file per shed; remove it`);
+    expect(problems).to.include(`${path.join(shedsDir, 'gamma.yaml')}: is not a regular file (directory)`);
+    // The watcher's digest does not block on it either.
+    expect(policyDigest(file)).to.match(/^[0-9a-f]{64}$/);
+
+    const fifo = path.join(tempDir('shed-pol'), 'extensions.yaml');
+    execFileSync('mkfifo', ['-m', '600', fifo]);
+    expect(problemsOf(fifo)).to.deep.equal([`${fifo}: the policy file is a FIFO; it must be a regular YAML file`]);
   });
 });
 
