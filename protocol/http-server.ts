@@ -14,7 +14,12 @@
  * - a connection may have at most `maxPipelined` requests in flight (real
  *   clients send one at a time); past that it is closed;
  * - at most `maxConnections` connections at once; more are closed as they
- *   are accepted, and `onDrop` is told.
+ *   are accepted, and `onDrop` is told;
+ * - bodies being received hold memory: all of a server's together at most
+ *   `maxBodyBytesInFlight` (and, with a shared `bodyBudget`, all servers'
+ *   together at most its size); a body that would pass it is refused 503
+ *   and its connection closed, so 64 connections of 1 MiB each cannot pin
+ *   64 MiB.
  *
  * A refusal is answered once when the socket can take it, and the socket is
  * destroyed at most CLOSE_GRACE_MS later whether or not its peer reads.
@@ -30,6 +35,7 @@ export interface HttpLimits {
   maxBodyBytes: number;
   maxPipelined: number;
   maxConnections: number;
+  maxBodyBytesInFlight: number;
 }
 
 export const DEFAULT_HTTP_LIMITS: HttpLimits = {
@@ -40,7 +46,28 @@ export const DEFAULT_HTTP_LIMITS: HttpLimits = {
   maxBodyBytes: 1024 * 1024,
   maxPipelined: 4,
   maxConnections: 64,
+  maxBodyBytesInFlight: 8 * 1024 * 1024,
 };
+
+/** Bytes of request bodies held at once, shared by the servers that take from it. */
+export class ByteBudget {
+  private used = 0;
+  constructor(readonly size: number) {}
+
+  get inUse(): number {
+    return this.used;
+  }
+
+  take(n: number): boolean {
+    if (this.used + n > this.size) return false;
+    this.used += n;
+    return true;
+  }
+
+  give(n: number): void {
+    this.used = Math.max(0, this.used - n);
+  }
+}
 
 /** How long a refused connection may linger for its answer to be read. */
 export const CLOSE_GRACE_MS = 1000;
@@ -58,6 +85,10 @@ export interface HardenedServerOptions {
   refusal: RefusalBody;
   /** Told of each connection closed because the server was at maxConnections. */
   onDrop?: () => void;
+  /** A budget for bodies shared with other servers (all sheds' sockets). */
+  bodyBudget?: ByteBudget;
+  /** Told of each body refused because a budget was spent. */
+  onBudget?: () => void;
 }
 
 const REFUSALS: Record<string, [number, string, string]> = {
@@ -84,6 +115,20 @@ export function createHardenedServer(options: HardenedServerOptions): http.Serve
   });
   server.maxConnections = limits.maxConnections;
   if (options.onDrop) server.on('drop', options.onDrop);
+  const own = new ByteBudget(limits.maxBodyBytesInFlight);
+  const shared = options.bodyBudget;
+  const take = (n: number) => {
+    if (!own.take(n)) return false;
+    if (shared && !shared.take(n)) {
+      own.give(n);
+      return false;
+    }
+    return true;
+  };
+  const give = (n: number) => {
+    own.give(n);
+    shared?.give(n);
+  };
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
     const [status, code, message] = REFUSALS[err.code ?? ''] ?? [400, 'BAD_REQUEST', 'the request is not valid HTTP/1.1'];
@@ -133,21 +178,40 @@ export function createHardenedServer(options: HardenedServerOptions): http.Serve
     const chunks: Buffer[] = [];
     let size = 0;
     let over = false;
+    // What this body holds of the budgets, given back as soon as it is handed on or dropped.
+    let held = 0;
+    const release = () => {
+      give(held);
+      held = 0;
+    };
+    res.once('close', release);
     req.on('data', (chunk: Buffer) => {
       if (over) return;
       size += chunk.length;
       if (size > limits.maxBodyBytes) {
         over = true;
         chunks.length = 0;
+        release();
         refuse(413, 'BODY_TOO_LARGE', `the body is larger than ${limits.maxBodyBytes} bytes`);
         return;
       }
+      if (!take(chunk.length)) {
+        over = true;
+        chunks.length = 0;
+        release();
+        options.onBudget?.();
+        refuse(503, 'BUSY', 'the host is receiving too much at once from this shed; retry in a moment');
+        return;
+      }
+      held += chunk.length;
       chunks.push(chunk);
     });
     req.on('end', () => {
       if (over || res.writableEnded) return;
       const buffered = req as BufferedRequest;
       buffered.rawBody = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+      chunks.length = 0;
+      release();
       options.onRequest(buffered, res);
     });
     // An aborted request: the socket is gone or going; nothing to answer.
@@ -172,11 +236,21 @@ function refuseSocket(socket: net.Socket, status: number, body: string): void {
   closeSoon(socket);
 }
 
-/** Destroy the socket once its answer is out, or after CLOSE_GRACE_MS if its peer does not read. */
+/**
+ * Close a refused connection gracefully ("lingering close"): the answer is
+ * sent and the write side shut, while what the peer still sends is read and
+ * dropped for up to CLOSE_GRACE_MS, so a client still writing its body sees
+ * the answer instead of a reset; then the socket is destroyed whatever the
+ * peer does. node:http would destroy it as soon as the answer is written
+ * (destroySoon); that call is made to linger instead.
+ */
 function closeSoon(socket: net.Socket): void {
   if (socket.destroyed) return;
   const timer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
   timer.unref();
   socket.once('close', () => clearTimeout(timer));
+  socket.destroySoon = () => {
+    if (!socket.writableEnded) socket.end();
+  };
   socket.end();
 }

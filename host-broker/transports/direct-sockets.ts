@@ -18,7 +18,7 @@ import type net from 'node:net';
 import path from 'node:path';
 import { PUBLISH_API_STATUS, PublishApiCode } from '../../protocol/codes.js';
 import { AGENT_WAIT_LIMIT_MS, apiErrorBody, isShedName, MAX_BODY_BYTES, MAX_NAMESPACE_LENGTH, type Payload } from '../../protocol/envelope.js';
-import { createHardenedServer, DEFAULT_HTTP_LIMITS, sendJson, type BufferedRequest } from '../../protocol/http-server.js';
+import { ByteBudget, createHardenedServer, DEFAULT_HTTP_LIMITS, sendJson, type BufferedRequest } from '../../protocol/http-server.js';
 import { LogThrottle, type Logger } from '../../protocol/log.js';
 import { requestEnvelope, responseEnvelope } from '../../protocol/messages.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
@@ -41,6 +41,8 @@ export interface DirectSocketsOptions {
   connectionsPerShed?: (shed: string) => number;
   /** Connections across every shed; past it, new ones are closed at once. Default: from the open-file limit. */
   maxConnections?: number;
+  /** Bytes of request bodies being received across every shed at once (64 MiB); 8 MiB per shed. */
+  maxBodyBytesInFlight?: number;
 }
 
 /** A reply to one request: an HTTP status and a JSON body. */
@@ -72,6 +74,7 @@ export class DirectSockets implements Transport {
   private open = 0;
   readonly maxConnections: number;
   private readonly throttle: LogThrottle;
+  private readonly bodyBudget: ByteBudget;
 
   constructor(private readonly options: DirectSocketsOptions) {
     this.description = `direct sockets in ${options.socketsDir}`;
@@ -79,6 +82,7 @@ export class DirectSockets implements Transport {
     this.sheds = options.sheds;
     this.maxConnections = options.maxConnections ?? connectionBudget(openFileLimit());
     this.throttle = new LogThrottle(options.log, DROP_LOG_INTERVAL_MS);
+    this.bodyBudget = new ByteBudget(options.maxBodyBytesInFlight ?? 64 * 1024 * 1024);
   }
 
   socketPath(shed: string): string {
@@ -140,6 +144,8 @@ export class DirectSockets implements Transport {
       refusal: (_status, code, message) => JSON.stringify(apiErrorBody(code, message)),
       onRequest: (req, res) => this.onRequest(shed, served, req, res),
       onDrop: () => this.dropped(shed, served),
+      bodyBudget: this.bodyBudget,
+      onBudget: () => this.throttle.warn(`budget ${shed}`, `shed ${shed} sends more request bodies at once than the broker holds (8 MiB a shed, ${Math.round(this.bodyBudget.size / 1048576)} MiB in all): refusing some with 503`),
     });
     served.server = server;
     server.on('connection', (socket: net.Socket) => {

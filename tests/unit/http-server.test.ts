@@ -49,7 +49,8 @@ async function exchange(sock: string, text: string | string[], until?: RegExp, p
   s.on('close', () => (ended = true));
   s.on('error', () => undefined);
   for (const piece of Array.isArray(text) ? text : [text]) {
-    if (s.destroyed) break;
+    // Like a client that reads: once the server has answered (or closed), stop sending.
+    if (s.destroyed || /HTTP\/1\.1 [2-5]\d\d /.test(out)) break;
     s.write(piece);
     await new Promise((r) => setTimeout(r, pauseMs));
   }
