@@ -403,6 +403,27 @@ describe('the shed-server transport against a scripted server', () => {
     await waitFor(() => s.streams.every((r) => r.destroyed || r.writableEnded || r.socket?.destroyed), 1000, 'the streams to close');
   });
 
+  it('takes a stream silent for streamIdleMs for dead and subscribes again; a keep-alive comment keeps it', async () => {
+    const s = await scripted([204], (res) => {
+      // The first stream says nothing at all; the second writes a comment every 50 ms.
+      if (s.streams.length > 1) {
+        const beat = setInterval(() => res.write(': keepalive\n'), 50);
+        res.on('close', () => clearInterval(beat));
+      }
+    });
+    const log = memoryLogger('shed-host-agent');
+    const transport = new ShedServerTransport({ url: s.url, namespaces: ['ssh-agent'], log, timings: { streamIdleMs: 300, initialBackoffMs: 20 } });
+    await transport.start(() => undefined);
+    try {
+      await waitFor(() => s.streams.length === 2, 5000, 'a second subscription');
+      expect(log.lines.join('\n')).to.match(/the ssh-agent stream from .* broke: silent for 300 ms; reconnecting/);
+      await new Promise((r) => setTimeout(r, 800));
+      expect(s.streams).to.have.length(2);
+    } finally {
+      await transport.stop();
+    }
+  });
+
   it('resets the reconnect delay after a connection that stayed up long enough', async () => {
     const s = await scripted([204], (res) => {
       // Short-lived streams first, then one that outlives resetAfterMs.
