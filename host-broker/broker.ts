@@ -6,6 +6,7 @@
  */
 import { compile } from 'zod/mini';
 import { compileHotSchemas } from '../protocol/compiled.js';
+import type { Payload } from '../protocol/envelope.js';
 import type { Logger } from '../protocol/log.js';
 import { Approvals } from './approval/approvals.js';
 import { AuditLog } from './audit/audit-log.js';
@@ -19,7 +20,8 @@ import { expandHome } from './policy/effective.js';
 import type { Policy } from './policy/policy.js';
 import { DEFAULT_CONNECTIONS_PER_SHED, DirectSockets } from './transports/direct-sockets.js';
 import { ShedServerTransport, type ShedServerTimings } from './transports/shed-server.js';
-import type { Transport } from './transports/transport.js';
+import type { Reply, Transport } from './transports/transport.js';
+import { FairTurns } from './turns.js';
 
 export interface BrokerOptions {
   /** Reads and validates the policy; called at start and on every reload. Throws PolicyError when invalid. */
@@ -49,6 +51,7 @@ export class Broker {
   private direct: DirectSockets | undefined;
   private transports: Transport[] = [];
   private audit: AuditGovernor | undefined;
+  private readonly turns = new FairTurns();
   private auditLog: AuditLog | undefined;
   private approvals: Approvals | undefined;
   private limits: Limits | undefined;
@@ -136,14 +139,20 @@ export class Broker {
       throw new Error('the policy enables no transport: add a `server:` section or leave `direct:` enabled');
     }
     const dispatcher = this.dispatcher;
+    const turns = this.turns;
+    const answer = (shed: string, reply: Reply, work: Promise<Payload | undefined>) => {
+      work.then(
+        (payload) => (payload ? reply(payload) : undefined),
+        (err: Error) => log.error(`dispatch failed for shed ${shed}: ${err.name}`),
+      ).catch((err: Error) => log.warn(`could not answer shed ${shed}: ${err.message}`));
+    };
     for (const transport of transports) {
       // Kept before it starts, so a start that fails half-way is stopped too.
       this.transports.push(transport);
       await transport.start((envelope, shed, reply) => {
-        dispatcher.dispatch(envelope, shed).then(
-          (answer) => (answer ? reply(answer) : undefined),
-          (err: Error) => log.error(`dispatch failed for shed ${shed}: ${err.name}`),
-        ).catch((err: Error) => log.warn(`could not answer shed ${shed}: ${err.message}`));
+        // Each shed in its own turns (turns.ts): a burst of one delays the others by a few requests at most.
+        const queued = turns.run(shed, () => answer(shed, reply, dispatcher.dispatch(envelope, shed)));
+        if (!queued) answer(shed, reply, dispatcher.overloaded(envelope, shed));
       });
       if (this.stopRequested) throw new Error('stopped while starting');
       log.info(`listening: ${transport.description}`);
@@ -188,6 +197,7 @@ export class Broker {
 
   async stop(): Promise<void> {
     this.stopRequested = true;
+    this.turns.clear();
     this.approvals?.close();
     for (const t of this.transports.splice(0)) await t.stop();
     await this.dispatcher?.close();

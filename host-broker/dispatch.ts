@@ -85,14 +85,7 @@ export class Dispatcher {
       return undefined;
     }
     const operation = typeof envelope.payload.operation === 'string' ? envelope.payload.operation : '';
-    // What the guest named is written as it is only when this broker knows it.
-    const known = this.handlers.get(envelope.namespace)?.operations;
-    const base = {
-      shed,
-      ns: auditName(envelope.namespace, this.handlers.has(envelope.namespace)),
-      op: operation ? auditName(operation, known ? operation === 'ping' || known.includes(operation) : isOperation(envelope.namespace, operation)) : '(none)',
-      request_id: envelope.id,
-    };
+    const base = this.auditBase(envelope, shed, operation);
 
     const dated = this.checkIdTime(envelope.id);
     if (dated) {
@@ -127,6 +120,26 @@ export class Dispatcher {
     if (operation === 'ping') return { status: 'ok' };
 
     return this.serve(handler, policy, namespace, operation, envelope, base, current.audit.required);
+  }
+
+  /**
+   * Refuse a request without serving it: the shed has too many waiting for
+   * their turn (turns.ts). Audited like any denial, and its id taken, so a
+   * re-delivery is not answered a second time. Undefined when nothing must
+   * be answered (an event, a repeated id).
+   */
+  async overloaded(envelope: Envelope, shed: string): Promise<Payload | undefined> {
+    if (envelope.type !== 'request' || !this.dedupe.take(shed, envelope.id)) return undefined;
+    const operation = typeof envelope.payload.operation === 'string' ? envelope.payload.operation : '';
+    const code = CommonCode.RATE_LIMITED;
+    await this.record({
+      ...this.auditBase(envelope, shed, operation),
+      result: 'denied',
+      detail: 'too many requests waiting for their turn',
+      approval: 'none',
+      code,
+    });
+    return errorPayload(code, `the host broker has too many requests of shed ${shed} waiting for their turn; retry in a moment`);
   }
 
   private async serve(
@@ -216,6 +229,17 @@ export class Dispatcher {
       return { code: CommonCode.DUPLICATE_REQUEST, message: `the request id is ${Math.round((now - at) / 1000)} s old, older than the ${Math.round(maxAge / 1000)} s replay window: the host cannot tell it from a replay; send a new request (and check the guest's clock)` };
     }
     return undefined;
+  }
+
+  /** Who asked for what, as an audit line names it: what the guest named is written as it is only when this broker knows it. */
+  private auditBase(envelope: Envelope, shed: string, operation: string): Pick<AuditEntry, 'shed' | 'ns' | 'op' | 'request_id'> {
+    const known = this.handlers.get(envelope.namespace)?.operations;
+    return {
+      shed,
+      ns: auditName(envelope.namespace, this.handlers.has(envelope.namespace)),
+      op: operation ? auditName(operation, known ? operation === 'ping' || known.includes(operation) : isOperation(envelope.namespace, operation)) : '(none)',
+      request_id: envelope.id,
+    };
   }
 
   /** Write an audit line; false (and a loud log line) when it could not be written. */

@@ -15,11 +15,11 @@
  *   clients send one at a time); past that it is closed;
  * - at most `maxConnections` connections at once; more are closed as they
  *   are accepted, and `onDrop` is told;
- * - bodies being received hold memory: all of a server's together at most
- *   `maxBodyBytesInFlight` (and, with a shared `bodyBudget`, all servers'
- *   together at most its size); a body that would pass it is refused 503
- *   and its connection closed, so 64 connections of 1 MiB each cannot pin
- *   64 MiB.
+ * - bodies hold memory from their first byte until their answer is sent:
+ *   all of a server's together at most `maxBodyBytesInFlight` (and, with a
+ *   shared `bodyBudget`, all servers' together at most its size); a body
+ *   that would pass it is refused 503 and its connection closed, so 64
+ *   connections of 1 MiB each cannot pin 64 MiB.
  *
  * A refusal is answered once when the socket can take it, and the socket is
  * destroyed at most CLOSE_GRACE_MS later whether or not its peer reads.
@@ -178,7 +178,8 @@ export function createHardenedServer(options: HardenedServerOptions): http.Serve
     const chunks: Buffer[] = [];
     let size = 0;
     let over = false;
-    // What this body holds of the budgets, given back as soon as it is handed on or dropped.
+    // What this body holds of the budgets, given back when its answer has gone (or the
+    // connection has): a request waiting for its turn or its answer still holds its body.
     let held = 0;
     const release = () => {
       give(held);
@@ -211,7 +212,6 @@ export function createHardenedServer(options: HardenedServerOptions): http.Serve
       const buffered = req as BufferedRequest;
       buffered.rawBody = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
       chunks.length = 0;
-      release();
       options.onRequest(buffered, res);
     });
     // An aborted request: the socket is gone or going; nothing to answer.
