@@ -105,7 +105,7 @@ async function main(): Promise<void> {
       sheds: { bench: { aws: { role: ROLE_DEV, sts_endpoint: host.sts.url } } },
     },
     handlers: [handler],
-    audit: new AuditLog(path.join(tempDir('bench-audit'), 'audit.log')),
+    audit: new AuditLog(path.join(tempDir('bench-audit'), 'audit')),
   });
   const child = fork(fileURLToPath(import.meta.url), ['serve-guest', harness.publishUrl('bench')], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   try {

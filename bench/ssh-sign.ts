@@ -79,13 +79,13 @@ async function main(): Promise<void> {
   const guestBundle = (await bundleGuest({ outDir: path.join(dir, 'bundle'), only: ['shed-ext-ssh-agent'] })).bundles[0]!.file;
 
   const socks = path.join(dir, 'state', 'socks');
-  const auditPath = path.join(dir, 'state', 'audit.log');
+  const auditDir = path.join(dir, 'state', 'audit');
   const config = path.join(dir, 'config', 'extensions.yaml');
   fs.mkdirSync(path.dirname(config), { mode: 0o700 });
   fs.writeFileSync(config, JSON.stringify({
     version: 1,
     direct: { sockets_dir: socks },
-    audit: { path: auditPath },
+    audit: { dir: auditDir },
     // The rate limit is raised out of the way: it guards against runaway guests, not what this measures.
     sheds: { bench: { ssh: { mode: 'agent-forward', agent_socket: hostAgent.sock }, limits: { ssh: { per_minute: 10_000_000, burst: 1_000_000 } } } },
   }), { mode: 0o600 });
@@ -181,7 +181,7 @@ async function main(): Promise<void> {
   bus.close();
 
   // The whole path really ran: one audit line per sign, with the fingerprint.
-  const audited = fs.readFileSync(auditPath, 'utf8').split('\n').filter((l) => l.includes('"op":"sign"') && l.includes(key.fingerprint));
+  const audited = fs.readFileSync(path.join(auditDir, 'bench.log'), 'utf8').split('\n').filter((l) => l.includes('"op":"sign"') && l.includes(key.fingerprint));
   if (audited.length < N + pinnedShedSamples.length + busSignSamples.length) throw new Error(`expected ${N} audited signs, found ${audited.length}`);
 
   const s = figures(shedSamples);
