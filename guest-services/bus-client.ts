@@ -208,11 +208,17 @@ export class BusClient {
           this.busy.delete(conn);
         }
       };
-      const slot = this.take();
-      slot.then(() => {
-        if (settled || this.closed) throw Object.assign(new Error('the client was closed'), { code: 'ECONNRESET' });
-        return send(true);
-      }).finally(() => this.give()).then(
+      const go = async (): Promise<Http1Response> => {
+        try {
+          if (settled || this.closed) throw Object.assign(new Error('the client was closed'), { code: 'ECONNRESET' });
+          return await send(true);
+        } finally {
+          this.give();
+        }
+      };
+      // A free place is taken at once (no extra turn); otherwise the request waits for one.
+      const sent = this.inFlight < MAX_IN_FLIGHT ? (this.inFlight += 1, go()) : new Promise<void>((r) => this.waiting.push(r)).then(go);
+      sent.then(
         (res) => finish(() => {
           try {
             resolve(this.interpret(res.status, res.body.toString('utf8'), namespace));
@@ -225,15 +231,6 @@ export class BusClient {
           : this.transportError(err, namespace))),
       );
     });
-  }
-
-  /** A place among the MAX_IN_FLIGHT requests on the wire, in turn. */
-  private take(): Promise<void> {
-    if (this.inFlight < MAX_IN_FLIGHT) {
-      this.inFlight += 1;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => this.waiting.push(resolve));
   }
 
   /** Hand the place to the next waiting request, or free it. */

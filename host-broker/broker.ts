@@ -149,10 +149,10 @@ export class Broker {
     for (const transport of transports) {
       // Kept before it starts, so a start that fails half-way is stopped too.
       this.transports.push(transport);
-      await transport.start((envelope, shed, reply) => {
+      await transport.start((envelope, shed, reply, options) => {
         // Each shed in its own turns (turns.ts): a burst of one delays the others by a few requests at most.
-        const queued = turns.run(shed, () => answer(shed, reply, dispatcher.dispatch(envelope, shed)));
-        if (!queued) answer(shed, reply, dispatcher.overloaded(envelope, shed));
+        const queued = turns.run(shed, () => answer(shed, reply, dispatcher.dispatch(envelope, shed, options)));
+        if (!queued) answer(shed, reply, dispatcher.overloaded(envelope, shed, options));
       });
       if (this.stopRequested) throw new Error('stopped while starting');
       log.info(`listening: ${transport.description}`);

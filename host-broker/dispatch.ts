@@ -15,6 +15,7 @@ import { BrokerError, type ApprovalOutcome, type ApprovalSubject, type Namespace
 import type { EffectiveShed } from './policy/effective.js';
 import { shedDecision } from './policy/decide.js';
 import type { Policy } from './policy/policy.js';
+import type { SinkOptions } from './transports/transport.js';
 
 /**
  * Decides an approval for one request. Resolves with how it was approved;
@@ -79,7 +80,7 @@ export class Dispatcher {
    * Resolves with the response payload, or undefined when nothing must be
    * answered (an event, a response, a repeated request id).
    */
-  async dispatch(envelope: Envelope, shed: string): Promise<Payload | undefined> {
+  async dispatch(envelope: Envelope, shed: string, options: SinkOptions = {}): Promise<Payload | undefined> {
     if (envelope.type !== 'request') {
       this.options.log.debug(`shed ${shed}: ignoring ${envelope.type} on ${printable(envelope.namespace, 64)}`);
       return undefined;
@@ -87,13 +88,14 @@ export class Dispatcher {
     const operation = typeof envelope.payload.operation === 'string' ? envelope.payload.operation : '';
     const base = this.auditBase(envelope, shed, operation);
 
-    const dated = this.checkIdTime(envelope.id);
+    // An id the transport made itself (a direct socket) is new and now by construction.
+    const dated = options.freshId ? undefined : this.checkIdTime(envelope.id);
     if (dated) {
       this.throttle.warn(`${shed} ${dated.code}`, `shed ${shed}: request ${envelope.id} on ${base.ns} refused: ${dated.message}`);
       await this.record({ ...base, result: 'denied', detail: dated.code, approval: 'none', code: dated.code });
       return errorPayload(dated.code, dated.message);
     }
-    if (!this.dedupe.take(shed, envelope.id)) {
+    if (!options.freshId && !this.dedupe.take(shed, envelope.id)) {
       this.throttle.warn(`${shed} duplicate`, `shed ${shed}: request ${envelope.id} on ${base.ns} seen already; not answering it twice`);
       await this.record({ ...base, result: 'denied', detail: CommonCode.DUPLICATE_REQUEST, approval: 'none', code: CommonCode.DUPLICATE_REQUEST });
       return undefined;
@@ -128,8 +130,8 @@ export class Dispatcher {
    * re-delivery is not answered a second time. Undefined when nothing must
    * be answered (an event, a repeated id).
    */
-  async overloaded(envelope: Envelope, shed: string): Promise<Payload | undefined> {
-    if (envelope.type !== 'request' || !this.dedupe.take(shed, envelope.id)) return undefined;
+  async overloaded(envelope: Envelope, shed: string, options: SinkOptions = {}): Promise<Payload | undefined> {
+    if (envelope.type !== 'request' || (!options.freshId && !this.dedupe.take(shed, envelope.id))) return undefined;
     const operation = typeof envelope.payload.operation === 'string' ? envelope.payload.operation : '';
     const code = CommonCode.RATE_LIMITED;
     await this.record({

@@ -97,10 +97,12 @@ const REFUSALS: Record<string, [number, string, string]> = {
   HPE_CHUNK_EXTENSIONS_OVERFLOW: [400, 'BAD_REQUEST', 'a chunk extension is too large'],
 };
 
-/** Per connection: requests read and not yet answered. */
-const inFlight = new WeakMap<net.Socket, number>();
-/** Per connection: the newest request's response, for a parse error in its body. */
-const latest = new WeakMap<net.Socket, http.ServerResponse>();
+/** Per connection: requests read and not yet answered, and the newest one's response (for a parse error in its body). */
+interface ConnectionState {
+  inFlight: number;
+  latest?: http.ServerResponse;
+}
+const connections = new WeakMap<net.Socket, ConnectionState>();
 
 export function createHardenedServer(options: HardenedServerOptions): http.Server {
   const limits = { ...DEFAULT_HTTP_LIMITS, ...options.limits };
@@ -134,7 +136,7 @@ export function createHardenedServer(options: HardenedServerOptions): http.Serve
     const [status, code, message] = REFUSALS[err.code ?? ''] ?? [400, 'BAD_REQUEST', 'the request is not valid HTTP/1.1'];
     const body = options.refusal(status, code, `${message}; the connection is closed`);
     // A body that goes wrong after its head was read: its response is the way to answer.
-    const res = latest.get(socket);
+    const res = connections.get(socket)?.latest;
     if (res && !res.headersSent) {
       res.shouldKeepAlive = false;
       sendJson(res, status, body);
@@ -146,16 +148,22 @@ export function createHardenedServer(options: HardenedServerOptions): http.Serve
 
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const socket = req.socket;
-    latest.set(socket, res);
-    const pending = (inFlight.get(socket) ?? 0) + 1;
-    inFlight.set(socket, pending);
-    let counted = true;
-    const done = () => {
-      if (!counted) return;
-      counted = false;
-      inFlight.set(socket, (inFlight.get(socket) ?? 1) - 1);
+    let state = connections.get(socket);
+    if (!state) connections.set(socket, (state = { inFlight: 0 }));
+    state.latest = res;
+    const pending = ++state.inFlight;
+    const conn = state;
+    // What this body holds of the budgets, given back when its answer has gone (or the
+    // connection has): a request waiting for its turn or its answer still holds its body.
+    let held = 0;
+    const release = () => {
+      give(held);
+      held = 0;
     };
-    res.once('close', done);
+    res.once('close', () => {
+      conn.inFlight -= 1;
+      release();
+    });
     if (pending > limits.maxPipelined) {
       // A flood of pipelined requests would all be served at once.
       socket.destroy();
@@ -178,14 +186,6 @@ export function createHardenedServer(options: HardenedServerOptions): http.Serve
     const chunks: Buffer[] = [];
     let size = 0;
     let over = false;
-    // What this body holds of the budgets, given back when its answer has gone (or the
-    // connection has): a request waiting for its turn or its answer still holds its body.
-    let held = 0;
-    const release = () => {
-      give(held);
-      held = 0;
-    };
-    res.once('close', release);
     req.on('data', (chunk: Buffer) => {
       if (over) return;
       size += chunk.length;

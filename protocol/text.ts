@@ -10,6 +10,7 @@ const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/u;
 const UNSAFE_ALL = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu;
 const UNSAFE_OR_BACKSLASH = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}\\]/gu;
 const UNSAFE_OR_BACKSLASH_ONE = /^[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}\\]$/u;
+const HAS_UNSAFE_OR_BACKSLASH = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}\\]/u;
 
 function escapeChar(c: string): string {
   if (c === '\\') return '\\\\';
@@ -32,6 +33,7 @@ export function escapeControls(text: string): string {
  * `\xNN` or `\u{NNNN}`, and backslashes doubled so an escape cannot be forged.
  */
 export function printable(text: string, max = 200): string {
+  if (text.length <= max && !HAS_UNSAFE_OR_BACKSLASH.test(text)) return text;
   const head = text.length > max ? text.slice(0, max) : text;
   const escaped = head.replace(UNSAFE_OR_BACKSLASH, escapeChar);
   if (escaped.length <= max && head.length === text.length) return escaped;

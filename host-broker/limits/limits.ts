@@ -92,7 +92,8 @@ export class Limits {
 
   constructor(private readonly now: () => number = Date.now) {
     const idle = (s: Slots) => s.active === 0 && s.waiting.length === 0;
-    this.buckets = new BoundedMap({ maxEntries: MAX_TRACKED, order: 'lru', evictable: (b) => b.full(this.now()), now });
+    // Insertion order: a full bucket is the one to forget, whenever it was made.
+    this.buckets = new BoundedMap({ maxEntries: MAX_TRACKED, evictable: (b) => b.full(this.now()), now });
     this.slots = new BoundedMap({ maxEntries: MAX_TRACKED, evictable: idle, now });
     this.quietSlots = new BoundedMap({ maxEntries: MAX_TRACKED, evictable: idle, now });
   }

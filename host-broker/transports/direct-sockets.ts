@@ -24,6 +24,9 @@ import { requestEnvelope, responseEnvelope } from '../../protocol/messages.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
 import type { RequestSink, Transport } from './transport.js';
 
+/** The envelopes of a direct socket carry ids it made itself. */
+const FRESH = { freshId: true };
+
 /** sun_path is 108 bytes on Linux and 104 on macOS, NUL included. */
 const MAX_SOCKET_PATH_BYTES = 103;
 /** Connections one shed may hold at once unless its policy says otherwise (limits.max_connections). */
@@ -249,7 +252,7 @@ export class DirectSockets implements Transport {
     const envelope = requestEnvelope(namespace, payload as Payload, { name: shed, backend: 'direct-socket' }, type);
     if (type === 'event') {
       reply({ status: 202 });
-      this.sink(envelope, shed, async () => undefined);
+      this.sink(envelope, shed, async () => undefined, FRESH);
       return;
     }
     const pending = served.pending;
@@ -264,7 +267,7 @@ export class DirectSockets implements Transport {
       clearTimeout(timer);
       pending.delete(answer);
     });
-    this.sink(envelope, shed, async (payload) => answer({ status: 200, body: responseEnvelope(envelope, payload) }));
+    this.sink(envelope, shed, async (payload) => answer({ status: 200, body: responseEnvelope(envelope, payload) }), FRESH);
   }
 }
 

@@ -14,7 +14,12 @@ export type Reply = (payload: Payload) => Promise<void>;
  * checked body); the dispatcher checks what policy and the handlers decide.
  * `reply` is not called for requests that must go unanswered.
  */
-export type RequestSink = (envelope: Envelope, shed: string, reply: Reply) => void;
+export type RequestSink = (envelope: Envelope, shed: string, reply: Reply, options?: SinkOptions) => void;
+
+export interface SinkOptions {
+  /** The transport made the envelope's id itself (a direct socket): it cannot be a re-delivery or a replay. */
+  freshId?: boolean;
+}
 
 export interface Transport {
   /** For log lines: "direct sockets", "shed-server http://…". */
