@@ -100,7 +100,7 @@ describe('a hostile guest on its direct socket', function () {
   it('10,000 generated requests (malformed framing, huge and trickled heads and bodies, chunked edge cases, pipelined bursts), twice: alice is unharmed, nothing hangs, nothing is kept', async () => {
     const r = prng(SEED);
     const requests = Array.from({ length: 10_000 }, () => hostileRequest(r));
-    const rounds: number[] = [];
+    const heapBefore = await broker.heapUsedMb();
     for (const round of [1, 2]) {
       const { result, latencies, peakRssMb } = await whileAlice(() => flood({ socketPath: broker.socketPath('mallory') }, requests.length, 32, (i) => requests[i]!));
       aliceUnharmed(latencies);
@@ -108,11 +108,13 @@ describe('a hostile guest on its direct socket', function () {
       expect(result.requests).to.equal(10_000);
       expect(result.lingering, `seed ${SEED}`).to.equal(0);
       expect(Object.keys(result.statuses).map(Number).every((s) => [200, 202, 400, 404, 405, 408, 413, 431, 503].includes(s)), JSON.stringify(result.statuses)).to.equal(true);
-      expect(peakRssMb - baseline.rssMb, `round ${round}: peak RSS growth (MB)`).to.be.below(128);
-      rounds.push((await settled()).rssMb);
+      // Generous: how far the heap grows under load is V8's choice (the bench measures the shipped build).
+      expect(peakRssMb - baseline.rssMb, `round ${round}: peak RSS growth (MB)`).to.be.below(256);
+      await settled();
     }
-    // The allocator keeps some of what a flood used; a second flood finds it and needs no more: nothing leaks.
-    expect(rounds[1]! - rounds[0]!, 'RSS growth (MB) from a second identical flood').to.be.below(24);
+    // Nothing leaks: after 20,000 requests the heap in use (after a collection) is where it was.
+    // (RSS may stay higher: the allocator keeps what it was given.)
+    expect((await broker.heapUsedMb()) - heapBefore, 'heap growth (MB) after two floods').to.be.below(8);
   });
 
   it('1,000 connections held open, some with half a request: refused past its cap at once, alice unharmed, all let go', async () => {

@@ -96,6 +96,7 @@ describe('a hostile shed-server stream', function () {
   let alice: BusClient;
   let baselineFds = 0;
   let baselineRss = 0;
+  let baselineHeap = 0;
   /** Requests sent for mallory that the broker should have taken (unique ids). */
   let sentForMallory = 0;
 
@@ -139,6 +140,7 @@ describe('a hostile shed-server stream', function () {
     await waitFor(() => server.streams.has('ssh-agent'), 20_000, 'the subscription');
     for (let i = 0; i < 20; i++) await aliceAnswers();
     ({ fds: baselineFds, rssMb: baselineRss } = procStats(broker.pid));
+    baselineHeap = await broker.heapUsedMb();
   });
 
   after(async () => {
@@ -158,7 +160,8 @@ describe('a hostile shed-server stream', function () {
       await waitFor(() => /answers are waiting for .* dropped the answer/.test(broker.stderr()), 20_000, 'the backlog to fill');
     });
     expect(server.maxInFlight, 'answers on the wire at once').to.be.at.most(8);
-    expect(procStats(broker.pid).rssMb - baselineRss, 'RSS growth (MB)').to.be.below(128);
+    // Generous: how far the heap grows under load is V8's choice; the leak check is the heap's, at the end.
+    expect(procStats(broker.pid).rssMb - baselineRss, 'RSS growth (MB)').to.be.below(256);
     // One line says answers were dropped (and how many, a minute later), not one per answer.
     expect(broker.stderr().split('\n').filter((l) => /dropped the answer/.test(l))).to.have.length(1);
     await waitFor(() => server.inFlight === 0 && server.responds.size > 1000, 60_000, 'the backlog to drain');
@@ -218,6 +221,8 @@ describe('a hostile shed-server stream', function () {
     // The answers' connections to shed-server stay open for reuse: 8 at most.
     await waitFor(() => procStats(broker.pid).fds <= baselineFds + 8, 30_000, `the broker's descriptors to come back to ${baselineFds} + 8`);
     expect(await aliceAnswers()).to.be.below(100);
+    // Nothing leaks: the heap in use (after a collection) is where it was before 20,000 requests.
+    expect((await broker.heapUsedMb()) - baselineHeap, 'heap growth (MB)').to.be.below(8);
     await broker.stop();
     const lines = auditOf(broker.auditDir, 'mallory');
     const total = lines.reduce((n, l) => n + (typeof l.count === 'number' ? l.count : 1), 0);

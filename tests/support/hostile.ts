@@ -11,6 +11,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { binCommand, capture, spawnTracked, stopProcess, tempDir, waitFor } from './procs.js';
 
@@ -302,6 +303,8 @@ export function procStats(pid: number): { fds: number; rssMb: number } {
 
 export interface BrokerProcess {
   pid: number;
+  /** The heap in use after a full collection, in MB (the broker runs with tests/support/heap-probe.cjs). */
+  heapUsedMb(): Promise<number>;
   dir: string;
   auditDir: string;
   socketPath(shed: string): string;
@@ -318,12 +321,20 @@ export async function startBrokerProcess(policy: Record<string, unknown>, env: N
   const config = path.join(dir, 'extensions.yaml');
   fs.writeFileSync(config, stringify({ ...policy, direct: { ...(policy.direct as object), sockets_dir: socks }, audit: { ...(policy.audit as object), dir: auditDir } }), { mode: 0o600 });
   const [cmd, args] = binCommand('shed-host-agent', ['run', '--config', config]);
-  const child = spawnTracked(cmd, args, { env: { ...process.env, HOME: dir, SSH_AUTH_SOCK: '', ...env } });
+  const probe = path.join(path.dirname(fileURLToPath(import.meta.url)), 'heap-probe.cjs');
+  const nodeOptions = `${process.env.NODE_OPTIONS ?? ''} --expose-gc --require ${probe}`.trim();
+  const child = spawnTracked(cmd, args, { env: { ...process.env, HOME: dir, SSH_AUTH_SOCK: '', NODE_OPTIONS: nodeOptions, ...env } });
   const out = capture(child);
   await waitFor(() => /shed-host-agent ready/.test(out.stderr()) || child.exitCode !== null, 30_000, 'the broker to start');
   if (child.exitCode !== null) throw new Error(`the broker did not start:\n${out.stderr()}`);
   return {
     pid: child.pid!,
+    async heapUsedMb() {
+      const before = out.stderr().length;
+      process.kill(child.pid!, 'SIGUSR2');
+      const m = await waitFor(() => /HEAP_USED (\d+)/.exec(out.stderr().slice(before)), 10_000, 'the heap figure');
+      return Number(m[1]) / 1048576;
+    },
     dir,
     auditDir,
     socketPath: (shed) => path.join(socks, `${shed}.sock`),
