@@ -1,5 +1,4 @@
 /** ssh-agent namespace payloads (PROTOCOL.md section 4), plus the `bind` operation this project adds. */
-import crypto from 'node:crypto';
 import * as z from 'zod/mini';
 
 const B64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -39,29 +38,3 @@ export type SshBindResponse = z.infer<typeof SshBindResponse>;
 
 export const SshStatusResponse = z.looseObject({ connected: z.boolean(), mode: z.string(), key_count: z.int() });
 export type SshStatusResponse = z.infer<typeof SshStatusResponse>;
-
-/** One-shot SHA-256 in base64: crypto.hash where Node has it (20.12 and later; ~3 times cheaper), else a Hash object. */
-const sha256Base64: (data: Buffer) => string = typeof crypto.hash === 'function'
-  ? (data) => crypto.hash('sha256', data, 'base64')
-  : (data) => crypto.createHash('sha256').update(data).digest('base64');
-
-/** `SHA256:<unpadded base64>` of a public key blob, exactly as `ssh-keygen -lf` prints it; the same on both sides. */
-export function fingerprint(blob: Buffer): string {
-  return `SHA256:${sha256Base64(blob).replace(/=+$/, '')}`;
-}
-
-/** Sign flags of the agent protocol. */
-export const SSH_AGENT_RSA_SHA2_256 = 2;
-export const SSH_AGENT_RSA_SHA2_512 = 4;
-
-/** Message numbers of the agent protocol (draft-miller-ssh-agent) that either side reads or writes. */
-export const SSH_AGENT_FAILURE = 5;
-export const SSH_AGENT_SUCCESS = 6;
-export const SSH_AGENTC_REQUEST_IDENTITIES = 11;
-export const SSH_AGENT_IDENTITIES_ANSWER = 12;
-export const SSH_AGENTC_SIGN_REQUEST = 13;
-export const SSH_AGENT_SIGN_RESPONSE = 14;
-export const SSH_AGENTC_EXTENSION = 27;
-
-/** OpenSSH's limit on one agent message. */
-export const AGENT_MAX_MESSAGE = 256 * 1024;

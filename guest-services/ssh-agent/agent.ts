@@ -4,26 +4,28 @@
  * `SSH_AUTH_SOCK`; every request becomes a bus request to the host's
  * `ssh-agent` namespace, and no private key ever reaches this side.
  *
- * The agent protocol is ssh2's `AgentProtocol` (server side), fed one whole
- * frame at a time so replies keep their order. It answers FAILURE to every
- * message it does not serve (add, remove, lock, ...). OpenSSH's
- * `session-bind@openssh.com` extension it cannot surface, so frames of type
- * SSH_AGENTC_EXTENSION are handled here: the bind goes to the host as `bind`,
- * and the host's verdict is the answer. A host without `bind` makes it a
- * FAILURE, which ssh tolerates.
+ * The agent protocol is the small codec in protocol/ssh-wire.ts: keys and
+ * signatures are opaque blobs, so every key type the host's agent holds
+ * (certificates, FIDO security keys, types not yet invented) reaches the
+ * client, and every signature comes back byte for byte. It answers FAILURE
+ * to every message it does not serve (add, remove, lock, ...).
+ * `session-bind@openssh.com` goes to the host as `bind`, and the host's
+ * verdict is the answer (a host without `bind` makes it a FAILURE, which
+ * ssh tolerates); `query` names the extensions served.
  */
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import ssh2 from 'ssh2';
 import { compile } from 'zod/mini';
 import type { Logger } from '../../protocol/log.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
 import { compiledOnceHot, compileHotSchemas } from '../../protocol/compiled.js';
+import { SshListResponse, SshSignResponse } from '../../protocol/ssh-agent.js';
 import {
-  AGENT_MAX_MESSAGE, fingerprint, SSH_AGENT_FAILURE, SSH_AGENT_RSA_SHA2_256, SSH_AGENT_RSA_SHA2_512, SSH_AGENT_SUCCESS,
-  SSH_AGENTC_EXTENSION, SSH_AGENTC_REQUEST_IDENTITIES, SSH_AGENTC_SIGN_REQUEST, SshListResponse, SshSignResponse,
-} from '../../protocol/ssh-agent.js';
+  encodeSignature, FAILURE, FrameSplitter, identitiesAnswer, keyFingerprint, parseExtension, parseSessionBind, parseSignRequest, queryAnswer,
+  signResponse as agentSignResponse, SSH_AGENTC_EXTENSION, SSH_AGENTC_REQUEST_IDENTITIES, SSH_AGENTC_SIGN_REQUEST, SUCCESS,
+  type AgentMessage, type Identity, type SessionBind, type SignRequest,
+} from '../../protocol/ssh-wire.js';
 import { BusClient, BusError } from '../bus-client.js';
 import { StatusFile } from '../status-file.js';
 
@@ -36,8 +38,6 @@ const signResponse = compiledOnceHot(SshSignResponse);
 /** Frames read ahead of the one being answered before the connection stops reading. */
 const MAX_QUEUED = 16;
 
-const FAILURE = Buffer.from([0, 0, 0, 1, SSH_AGENT_FAILURE]);
-const SUCCESS = Buffer.from([0, 0, 0, 1, SSH_AGENT_SUCCESS]);
 
 export interface SshAgentOptions {
   sockPath: string;
@@ -125,207 +125,126 @@ export async function startSshAgent(options: SshAgentOptions): Promise<RunningAg
 type Call = (payload: Record<string, unknown>, deadlineMs?: number) => Promise<Record<string, unknown>>;
 
 /**
- * One client connection: split the byte stream into frames (ssh may write a
- * frame's length and body separately), answer them strictly in order.
+ * One client connection: split the byte stream into messages and answer
+ * them strictly in order, at most MAX_QUEUED read ahead of the one being
+ * answered (then the connection stops reading until the queue shrinks). A
+ * message longer than AGENT_MAX_MESSAGE closes the connection, as OpenSSH's
+ * agent does; anything else malformed gets SSH_AGENT_FAILURE.
  */
 function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number, log: Logger): void {
-  /**
-   * REQUEST_IDENTITIES and SIGN_REQUEST go through ssh2's AgentProtocol, one
-   * per connection (a fresh one per message costs ~3 times as much), fed
-   * only frames known to be exactly well formed: its parser leaves the body
-   * of a message it does not serve in its buffer, and stops reading after a
-   * sign request it cannot parse. Frames are answered one at a time, so its
-   * next reply is the current frame's.
-   */
-  let proto: InstanceType<typeof ssh2.AgentProtocol> | undefined;
-  let reply: ((frame: Buffer) => void) | undefined;
-  const answered = (frame: Buffer) => {
-    const r = reply;
-    reply = undefined;
-    r?.(frame);
-  };
-
-  const protocol = (): InstanceType<typeof ssh2.AgentProtocol> => {
-    if (proto) return proto;
-    const p = new ssh2.AgentProtocol(false);
-    proto = p;
-    p.on('data', answered);
-    p.on('error', (err: Error) => {
-      log.debug(`agent protocol error: ${err.message}`);
-      if (proto === p) proto = undefined;
-      answered(FAILURE);
-    });
-
-    p.on('identities', (req) => {
-      call({ operation: 'list' })
-        .then((answer) => {
-          const parsed = listResponse.safeParse(answer);
-          if (!parsed.success) throw new Error('the host answered list with something that is not a key list');
-          const keys = parsed.data.keys.map((k) => ({ pubKey: { pubKey: Buffer.from(k.blob, 'base64'), comment: k.comment } }));
-          p.getIdentitiesReply(req, keys as never);
-        })
-        .catch((err: Error) => {
-          logRefusal(log, 'listing keys', err);
-          p.failureReply(req);
-        });
-    });
-
-    p.on('sign', (req, pubKey, data, flags) => {
-      const blob = pubKey.getPublicSSH();
-      const flagBits = flags.hash === 'sha256' ? SSH_AGENT_RSA_SHA2_256 : flags.hash === 'sha512' ? SSH_AGENT_RSA_SHA2_512 : 0;
-      call({ operation: 'sign', public_key: blob.toString('base64'), data: data.toString('base64'), flags: flagBits }, signDeadlineMs)
-        .then((answer) => {
-          const parsed = signResponse.safeParse(answer);
-          if (!parsed.success) throw new Error('the host answered sign with something that is not a signature');
-          // ssh2 keeps the signature format it will write (rsa-sha2-512, ssh-ed25519, ...) as the request's context; its typings omit it.
-          const expected = (req as unknown as { getContext(): string }).getContext();
-          if (parsed.data.format !== expected || parsed.data.rest) {
-            throw new Error(`the host signed as ${parsed.data.format.slice(0, 64)} where ${expected} was asked`);
-          }
-          p.signReply(req, Buffer.from(parsed.data.blob, 'base64'));
-        })
-        .catch((err: Error) => {
-          logRefusal(log, `signing with ${fingerprint(blob)}`, err);
-          p.failureReply(req);
-        });
-    });
-    return p;
-  };
-
-  const answerStandard = (frame: Buffer): Promise<Buffer> => new Promise<Buffer>((resolve) => {
-    reply = resolve;
-    protocol().write(frame);
-  });
-
-  const answerExtension = async (frame: Buffer): Promise<Buffer> => {
-    const ext = parseExtension(frame);
-    if (ext?.name !== 'session-bind@openssh.com' || !ext.bind) return FAILURE;
-    const { hostkey, sessionId, signature, forwarding } = ext.bind;
-    try {
-      const answer = await call({
-        operation: 'bind',
-        hostkey: hostkey.toString('base64'),
-        session_id: sessionId.toString('base64'),
-        signature: signature.toString('base64'),
-        is_forwarding: forwarding,
-      });
-      return answer.bound === true ? SUCCESS : FAILURE;
-    } catch (err) {
-      // An older host without `bind` is not worth a warning per login: ssh carries on without it.
-      if (err instanceof BusError && err.code === 'UNKNOWN_OPERATION') log.debug('the host does not know bind (older shed-host-agent); answering FAILURE');
-      else logRefusal(log, 'binding a session', err as Error);
-      return FAILURE;
-    }
-  };
-
-  const answer = (frame: Buffer): Promise<Buffer> => {
-    switch (frame.length > 4 ? frame[4] : -1) {
-      case SSH_AGENTC_EXTENSION:
-        return answerExtension(frame);
-      case SSH_AGENTC_REQUEST_IDENTITIES:
-        return frame.length === 5 ? answerStandard(frame) : Promise.resolve(FAILURE);
-      case SSH_AGENTC_SIGN_REQUEST:
-        return isSignRequest(frame) ? answerStandard(frame) : Promise.resolve(FAILURE);
-      default:
-        // add, remove, lock, smartcard, unknown, empty: this agent holds no keys to change.
-        return Promise.resolve(FAILURE);
-    }
-  };
-
-  let buf: Buffer = Buffer.alloc(0);
-  const queue: Buffer[] = [];
+  const splitter = new FrameSplitter();
+  const queue: AgentMessage[] = [];
   let busy = false;
 
   const pump = async () => {
     if (busy) return;
     busy = true;
     while (queue.length && !socket.destroyed) {
-      const frame = queue.shift()!;
+      const message = queue.shift()!;
       if (queue.length < MAX_QUEUED / 2 && socket.isPaused()) socket.resume();
-      const reply = await answer(frame);
+      let reply: Buffer;
+      try {
+        reply = await answer(message, call, signDeadlineMs, log);
+      } catch (err) {
+        log.debug(`answering agent message ${message.type}: ${(err as Error).message}`);
+        reply = FAILURE;
+      }
       if (!socket.destroyed) socket.write(reply);
     }
     busy = false;
   };
 
   socket.on('data', (chunk: Buffer) => {
-    buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
-    while (buf.length >= 4) {
-      const len = buf.readUInt32BE(0);
-      // A longer message closes the connection, as ssh-agent does.
-      if (len > AGENT_MAX_MESSAGE) {
-        log.warn(`closing an agent connection that sent a ${len}-byte message (limit ${AGENT_MAX_MESSAGE})`);
-        socket.destroy();
-        return;
-      }
-      if (buf.length < 4 + len) break;
-      queue.push(buf.subarray(0, 4 + len));
-      buf = buf.subarray(4 + len);
+    try {
+      queue.push(...splitter.push(chunk));
+    } catch (err) {
+      log.warn(`closing an agent connection: ${(err as Error).message}`);
+      socket.destroy();
+      return;
     }
     if (queue.length >= MAX_QUEUED) socket.pause();
     void pump();
   });
   socket.on('error', () => socket.destroy());
-  socket.once('close', () => proto?.destroy());
 }
 
-/** `string key_blob, string data, uint32 flags` and nothing more, with a key ssh2 can parse. */
-function isSignRequest(frame: Buffer): boolean {
-  let p = 5;
-  const skipString = (): Buffer | undefined => {
-    if (p + 4 > frame.length) return undefined;
-    const len = frame.readUInt32BE(p);
-    if (p + 4 + len > frame.length) return undefined;
-    const s = frame.subarray(p + 4, p + 4 + len);
-    p += 4 + len;
-    return s;
-  };
-  const key = skipString();
-  if (!key || !skipString() || p + 4 !== frame.length) return false;
-  return parsableKey(key);
-}
+/** The extensions this agent serves (the `query` extension names them). */
+const EXTENSIONS = ['query', 'session-bind@openssh.com'];
 
-/** Key blobs ssh2 parsed before: a login signs with the same few keys, and each parse costs a DER encoding. */
-const parsedKeys = new Map<string, boolean>();
-const MAX_PARSED_KEYS = 64;
-
-function parsableKey(blob: Buffer): boolean {
-  const id = blob.toString('base64');
-  let ok = parsedKeys.get(id);
-  if (ok === undefined) {
-    ok = !(ssh2.utils.parseKey(blob) instanceof Error);
-    if (parsedKeys.size >= MAX_PARSED_KEYS) parsedKeys.delete(parsedKeys.keys().next().value!);
-    parsedKeys.set(id, ok);
+/** The answer to one message. The guest holds no key: whatever would change keys is refused. */
+async function answer(message: AgentMessage, call: Call, signDeadlineMs: number, log: Logger): Promise<Buffer> {
+  switch (message.type) {
+    case SSH_AGENTC_REQUEST_IDENTITIES: {
+      if (message.body.length !== 0) return FAILURE;
+      let keys: Identity[];
+      try {
+        const parsed = listResponse.safeParse(await call({ operation: 'list' }));
+        if (!parsed.success) throw new Error('the host answered list with something that is not a key list');
+        keys = parsed.data.keys.map((k) => ({ blob: Buffer.from(k.blob, 'base64'), comment: k.comment }));
+      } catch (err) {
+        logRefusal(log, 'listing keys', err as Error);
+        return FAILURE;
+      }
+      // Whatever type the host's agent holds (certificates, security keys), byte for byte.
+      return identitiesAnswer(keys);
+    }
+    case SSH_AGENTC_SIGN_REQUEST: {
+      let req: SignRequest;
+      try {
+        req = parseSignRequest(message.body);
+      } catch {
+        return FAILURE;
+      }
+      try {
+        const parsed = signResponse.safeParse(await call({
+          operation: 'sign', public_key: req.key.toString('base64'), data: req.data.toString('base64'), flags: req.flags,
+        }, signDeadlineMs));
+        if (!parsed.success) throw new Error('the host answered sign with something that is not a signature');
+        const { format, blob, rest } = parsed.data;
+        // The host's agent's signature as it made it: format, blob, and what follows (a security key's flags and counter).
+        return agentSignResponse(encodeSignature({ format, blob: Buffer.from(blob, 'base64'), rest: Buffer.from(rest, 'base64') }));
+      } catch (err) {
+        logRefusal(log, `signing with ${keyFingerprint(req.key)}`, err as Error);
+        return FAILURE;
+      }
+    }
+    case SSH_AGENTC_EXTENSION:
+      return answerExtension(message.body, call, log);
+    default:
+      // add, remove, remove all, lock, unlock, smartcard, constrained adds, unknown: this agent holds no keys to change.
+      return FAILURE;
   }
-  return ok;
 }
 
-interface Extension {
-  name: string;
-  bind?: { hostkey: Buffer; sessionId: Buffer; signature: Buffer; forwarding: boolean };
-}
-
-/** SSH_AGENTC_EXTENSION: `string name`, then the extension's own fields (PROTOCOL.agent). */
-export function parseExtension(frame: Buffer): Extension | undefined {
-  let p = 5;
-  const str = (): Buffer => {
-    if (p + 4 > frame.length) throw new RangeError('truncated');
-    const len = frame.readUInt32BE(p);
-    if (p + 4 + len > frame.length) throw new RangeError('truncated');
-    const s = frame.subarray(p + 4, p + 4 + len);
-    p += 4 + len;
-    return s;
-  };
+async function answerExtension(body: Buffer, call: Call, log: Logger): Promise<Buffer> {
+  let ext: { name: string; contents: Buffer };
   try {
-    const name = str().toString('utf8');
-    if (name !== 'session-bind@openssh.com') return { name };
-    const hostkey = str();
-    const sessionId = str();
-    const signature = str();
-    if (p + 1 !== frame.length) return { name };
-    return { name, bind: { hostkey, sessionId, signature, forwarding: frame[p] !== 0 } };
+    ext = parseExtension(body);
   } catch {
-    return undefined;
+    return FAILURE;
+  }
+  if (ext.name === 'query') return ext.contents.length === 0 ? queryAnswer(EXTENSIONS) : FAILURE;
+  if (ext.name !== 'session-bind@openssh.com') return FAILURE;
+  let bind: SessionBind;
+  try {
+    bind = parseSessionBind(ext.contents);
+  } catch {
+    return FAILURE;
+  }
+  try {
+    const answer = await call({
+      operation: 'bind',
+      hostkey: bind.hostkey.toString('base64'),
+      session_id: bind.sessionId.toString('base64'),
+      signature: bind.signature.toString('base64'),
+      is_forwarding: bind.forwarding,
+    });
+    return answer.bound === true ? SUCCESS : FAILURE;
+  } catch (err) {
+    // An older host without `bind` is not worth a warning per login: ssh carries on without it.
+    if (err instanceof BusError && err.code === 'UNKNOWN_OPERATION') log.debug('the host does not know bind (older shed-host-agent); answering FAILURE');
+    else logRefusal(log, 'binding a session', err as Error);
+    return FAILURE;
   }
 }
 
@@ -337,4 +256,3 @@ function logRefusal(log: Logger, what: string, err: Error): void {
     log.warn(`${what} failed: ${err.message}`);
   }
 }
-

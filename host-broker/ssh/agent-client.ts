@@ -6,9 +6,9 @@
  */
 import net from 'node:net';
 import {
-  AGENT_MAX_MESSAGE, SSH_AGENT_FAILURE, SSH_AGENT_IDENTITIES_ANSWER, SSH_AGENT_SIGN_RESPONSE, SSH_AGENTC_REQUEST_IDENTITIES, SSH_AGENTC_SIGN_REQUEST,
-} from '../../protocol/ssh-agent.js';
-import { sshString, WireError, WireReader, parseSignature, type WireSignature } from './wire.js';
+  AGENT_MAX_MESSAGE, frame, parseIdentitiesAnswer, parseSignResponse, signRequest, SSH_AGENT_FAILURE, SSH_AGENT_IDENTITIES_ANSWER, SSH_AGENT_SIGN_RESPONSE,
+  SSH_AGENTC_REQUEST_IDENTITIES, WireError, type WireSignature,
+} from '../../protocol/ssh-wire.js';
 
 const MAX_IDLE = 4;
 
@@ -34,12 +34,7 @@ export class AgentError extends Error {
   }
 }
 
-export function frame(type: number, body: Buffer = Buffer.alloc(0)): Buffer {
-  const head = Buffer.alloc(5);
-  head.writeUInt32BE(body.length + 1);
-  head[4] = type;
-  return Buffer.concat([head, body]);
-}
+export { frame };
 
 /** One open connection: a request at a time, the answer is one frame. */
 class Connection {
@@ -131,14 +126,7 @@ export class AgentClient {
     if (answer[0] === SSH_AGENT_FAILURE) throw new AgentError('refused', 'the agent refused to list its keys');
     if (answer[0] !== SSH_AGENT_IDENTITIES_ANSWER) throw new AgentError('protocol', `the agent answered message ${answer[0]} to a key list`);
     try {
-      const r = new WireReader(answer.subarray(1));
-      const n = r.u32();
-      const keys: AgentIdentity[] = [];
-      for (let i = 0; i < n; i++) {
-        const blob = Buffer.from(r.string());
-        keys.push({ blob, comment: r.text() });
-      }
-      return keys;
+      return parseIdentitiesAnswer(answer.subarray(1));
     } catch (err) {
       if (err instanceof WireError) throw new AgentError('protocol', `malformed key list from the agent: ${err.message}`);
       throw err;
@@ -146,17 +134,11 @@ export class AgentClient {
   }
 
   async sign(blob: Buffer, data: Buffer, flags: number, signal?: AbortSignal): Promise<WireSignature> {
-    const flagBuf = Buffer.alloc(4);
-    flagBuf.writeUInt32BE(flags >>> 0);
-    const message = frame(SSH_AGENTC_SIGN_REQUEST, Buffer.concat([sshString(blob), sshString(data), flagBuf]));
-    const answer = await this.call(message, this.signTimeoutMs, signal);
+    const answer = await this.call(signRequest({ key: blob, data, flags }), this.signTimeoutMs, signal);
     if (answer[0] === SSH_AGENT_FAILURE) throw new AgentError('refused', 'the agent refused to sign');
     if (answer[0] !== SSH_AGENT_SIGN_RESPONSE) throw new AgentError('protocol', `the agent answered message ${answer[0]} to a sign request`);
     try {
-      const r = new WireReader(answer.subarray(1));
-      const sig = parseSignature(Buffer.from(r.string()));
-      if (!r.done) throw new WireError('trailing bytes');
-      return sig;
+      return parseSignResponse(answer.subarray(1));
     } catch (err) {
       if (err instanceof WireError) throw new AgentError('protocol', `malformed signature from the agent: ${err.message}`);
       throw err;

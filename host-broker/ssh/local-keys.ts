@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import ssh2, { type ParsedKey as Ssh2Key } from 'ssh2';
 import type { Logger } from '../../protocol/log.js';
-import { SSH_AGENT_RSA_SHA2_256, SSH_AGENT_RSA_SHA2_512 } from '../../protocol/ssh-agent.js';
+import { SSH_AGENT_RSA_SHA2_256, SSH_AGENT_RSA_SHA2_512 } from '../../protocol/ssh-wire.js';
 import { fingerprint, sshString, type WireSignature } from './wire.js';
 
 /** ssh2's key; its `sign` returns an Error instead of throwing. */

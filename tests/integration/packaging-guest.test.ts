@@ -85,13 +85,18 @@ describe('guest packaging', function () {
         const built = await build({
           entryPoints: [path.join(REPO_ROOT, ENTRY_POINTS[name])], bundle: true, platform: 'node', target: 'node20',
           format: bundleFile(name).endsWith('.cjs') ? 'cjs' : 'esm',
-          external: ['cpu-features', '*.node'], write: false, metafile: true, logLevel: 'silent', outfile: path.join('/tmp', bundleFile(name)),
+          write: false, metafile: true, logLevel: 'silent', outfile: path.join('/tmp', bundleFile(name)),
         });
         const externals = Object.values(built.metafile.outputs).flatMap((o) => o.imports.filter((i) => i.external).map((i) => i.path));
-        // ssh2 probes its optional native add-ons inside try/catch and falls back to JS.
-        const unexpected = externals.filter((p) => !builtins.has(p) && p !== 'cpu-features' && !p.endsWith('.node'));
+        const unexpected = externals.filter((p) => !builtins.has(p));
         expect(unexpected, name).to.deep.equal([]);
       }
+    });
+
+    it('are small: the ssh agent is a codec of its own, not ssh2 (at most 150 KiB)', () => {
+      const agent = bundles.bundles.find((b) => b.name === 'shed-ext-ssh-agent')!;
+      expect(agent.bytes, 'shed-ext-ssh-agent bundle bytes').to.be.at.most(150 * 1024);
+      expect(agent.inputs.some((i) => i.includes('node_modules/ssh2'))).to.equal(false);
     });
 
     it('run from a bare directory with only node (no node_modules, no tsx)', async () => {
