@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { compile } from 'zod/mini';
-import type { Logger } from '../../protocol/log.js';
+import { LogThrottle, type Logger } from '../../protocol/log.js';
 import { listenPrivate } from '../../protocol/private-socket.js';
 import { compiledOnceHot, compileHotSchemas } from '../../protocol/compiled.js';
 import { SshListResponse, SshSignResponse } from '../../protocol/ssh-agent.js';
@@ -158,7 +158,7 @@ function serveConnection(socket: net.Socket, call: Call, signDeadlineMs: number,
     try {
       queue.push(...splitter.push(chunk));
     } catch (err) {
-      log.warn(`closing an agent connection: ${(err as Error).message}`);
+      throttleOf(log).warn('oversized', `closing an agent connection: ${(err as Error).message}`);
       socket.destroy();
       return;
     }
@@ -248,11 +248,22 @@ async function answerExtension(body: Buffer, call: Call, log: Logger): Promise<B
   }
 }
 
+/** What a client can cause at will is logged once a minute per kind, with its count (LogThrottle). */
+const throttles = new WeakMap<Logger, LogThrottle>();
+
+function throttleOf(log: Logger): LogThrottle {
+  let throttle = throttles.get(log);
+  if (!throttle) throttles.set(log, (throttle = new LogThrottle(log)));
+  return throttle;
+}
+
 function logRefusal(log: Logger, what: string, err: Error): void {
+  const throttle = throttleOf(log);
+  const kind = err instanceof BusError ? `${what.split(' ')[0]} ${err.kind} ${err.code}` : `${what.split(' ')[0]} ${err.name}`;
   if (err instanceof BusError) {
-    if (err.kind === 'deadline') log.warn(`${what}: the host did not answer in time; ${err.hint}`);
-    else log.warn(`${what} failed: ${err.describe()}`);
+    if (err.kind === 'deadline') throttle.warn(kind, `${what}: the host did not answer in time; ${err.hint}`);
+    else throttle.warn(kind, `${what} failed: ${err.describe()}`);
   } else {
-    log.warn(`${what} failed: ${err.message}`);
+    throttle.warn(kind, `${what} failed: ${err.message}`);
   }
 }

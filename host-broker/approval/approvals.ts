@@ -2,9 +2,9 @@
  * The approval policy around the gates: which requests are gated, how long
  * an approval lasts, and one prompt for many waiters.
  *
- * - Gated: ssh-agent requests that ask (`sign`) whenever the shed has a gate;
- *   aws-credentials ones only when `approval.applies_to` lists
- *   aws-credentials. Everything else answers 'none'.
+ * - Gated: the namespaces `approval.applies_to` lists (`[ssh-agent]` by
+ *   default) when the shed has a gate (`gated`); for them, the requests that
+ *   ask (ssh `sign`, aws `get_credentials`). Everything else answers 'none'.
  * - `per-request`: every request asks. `per-shed` (the default): one
  *   approval lasts `ttl` for that shed. `per-session`: one approval lasts
  *   `ttl` for every shed (of that namespace, through the same gate), and the
@@ -43,12 +43,14 @@ interface Grant {
   ttl: number;
 }
 
-/** Does the shed's gate guard this namespace? */
+/**
+ * Does the shed's gate guard this namespace? The one answer to that
+ * question: the approver, the handlers (which check a key is held before
+ * anyone is asked) and `explain` all ask here. A gate guards what
+ * `approval.applies_to` lists (`[ssh-agent]` by default), nothing else.
+ */
 export function gated(approval: EffectiveApproval, namespace: Namespace): boolean {
-  if (approval.gate === 'none') return false;
-  if (namespace === 'ssh-agent') return true;
-  if (namespace === 'aws-credentials') return approval.applies_to.includes('aws-credentials');
-  return false;
+  return approval.gate !== 'none' && (approval.applies_to as readonly string[]).includes(namespace);
 }
 
 export class Approvals {

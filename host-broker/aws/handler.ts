@@ -7,6 +7,7 @@ import { AwsCode } from '../../protocol/codes.js';
 import { OPERATIONS, type Payload } from '../../protocol/envelope.js';
 import type { AwsCredentialsResponse, AwsStatusResponse } from '../../protocol/aws-credentials.js';
 import type { Logger } from '../../protocol/log.js';
+import { gated } from '../approval/approvals.js';
 import { BrokerError, unknownOperation, type NamespaceHandler, type RequestContext } from '../handler.js';
 import type { EffectiveAws } from '../policy/effective.js';
 import { CredentialCache, type IssuedCredentials } from './cache.js';
@@ -47,7 +48,7 @@ export function createAwsHandler(deps: AwsHandlerDeps): NamespaceHandler & { rea
     }
     const role = aws.role;
     ctx.detail = role;
-    if (ctx.policy.approval.applies_to.includes('aws-credentials')) {
+    if (gated(ctx.policy.approval, 'aws-credentials')) {
       await ctx.approve({ subject: role, description: `AWS credentials for role ${role} (${formatSeconds(Math.floor(aws.session_duration / 1000))})` });
     }
     const key = CredentialCache.key(ctx.shed, role, awsPolicyHash(aws));

@@ -3,15 +3,16 @@
  * decided by the shed's `ssh:` policy. No private key ever leaves this
  * process: the guest gets public keys and signatures.
  *
- * Backends, chosen per shed and per request:
- * - agent-forward: the host's agent at `ssh.agent_socket` or `$SSH_AUTH_SOCK`;
- * - local-keys: `~/.ssh/id_{ed25519,ecdsa,rsa}` and `ssh.keys`;
- * - auto: agent-forward when that agent answers, else local-keys.
+ * Where keys and signatures come from is a backend (backends.ts:
+ * agent-forward, local-keys, auto). Keys are opaque blobs: certificates and
+ * security keys pass through, and a certificate counts as the key it
+ * certifies (its fingerprint is that key's, as `ssh-keygen -lf` prints it).
  *
  * Rules (rules.ts): `allowed_keys` filters `list` and refuses `sign`;
  * `signing_namespaces` governs SSHSIG data; `allowed_hosts` restricts user
  * authentication to servers whose host key is listed, proven by a `bind`
- * (session-bind@openssh.com) whose server signature verified.
+ * (session-bind@openssh.com) whose server signature verified. Whether a
+ * human approves is the approval module's one decision (`gated`).
  */
 import os from 'node:os';
 import { CommonCode, SshCode } from '../../protocol/codes.js';
@@ -19,13 +20,14 @@ import { compiledOnceHot } from '../../protocol/compiled.js';
 import { describeIssues, OPERATIONS, type Payload } from '../../protocol/envelope.js';
 import type { Logger } from '../../protocol/log.js';
 import { SshBindRequest, SshSignRequest, type SshBindResponse, type SshKey, type SshListResponse, type SshSignResponse, type SshStatusResponse } from '../../protocol/ssh-agent.js';
+import { gated } from '../approval/approvals.js';
 import { BrokerError, unknownOperation, type NamespaceHandler, type RequestContext } from '../handler.js';
-import type { EffectiveSsh } from '../policy/effective.js';
-import { AgentClient, AgentError, type AgentClientOptions } from './agent-client.js';
+import type { AgentClientOptions } from './agent-client.js';
+import { SshBackends, type Identity, type SshBackend } from './backends.js';
 import { MAX_SESSION_ID, SessionBindings, verifySessionSignature } from './bindings.js';
-import { LocalKeys, signWithLocalKey, type LocalKey } from './local-keys.js';
 import { hostKeyDecision, keyDecision, signingNamespaceDecision } from './rules.js';
-import { blobType, describeKey, fingerprint, looksLikeSshsig, parseSshsigNamespace, parseUserAuthRequest, type WireSignature } from './wire.js';
+import { blobType, describeKey, fingerprint, keyFingerprint, looksLikeSshsig, parseSshsigNamespace, parseUserAuthRequest } from './wire.js';
+import { parseCertificate } from '../../protocol/ssh-wire.js';
 
 const NS = 'ssh-agent';
 const signRequest = compiledOnceHot(SshSignRequest);
@@ -41,67 +43,13 @@ export interface SshHandlerDeps {
   agent?: AgentClientOptions;
 }
 
-type Backend =
-  | { mode: 'agent-forward'; agent: AgentClient }
-  | { mode: 'local-keys'; keys: LocalKey[] };
-
-interface Identity {
-  blob: Buffer;
-  comment: string;
-  fingerprint: string;
-}
-
 export function createSshHandler(deps: SshHandlerDeps): NamespaceHandler {
-  const env = deps.env ?? process.env;
-  const home = deps.homedir ?? (() => os.homedir());
   const bindings = deps.bindings ?? new SessionBindings();
-  const local = new LocalKeys(deps.log);
-  const agents = new Map<string, AgentClient>();
-
-  const agentSocket = (ssh: EffectiveSsh): string | undefined => ssh.agent_socket ?? (env.SSH_AUTH_SOCK || undefined);
-
-  const agentFor = (socket: string): AgentClient => {
-    let client = agents.get(socket);
-    if (!client) agents.set(socket, (client = new AgentClient(socket, deps.agent)));
-    return client;
-  };
-
-  const localBackend = (ssh: EffectiveSsh): Backend => ({ mode: 'local-keys', keys: local.load(home(), ssh.keys) });
-
-  const unavailable = (ctx: RequestContext, why: string): BrokerError => {
-    ctx.log.warn(`shed ${ctx.shed}: ssh-agent: the host's SSH agent is not usable (${why}); start it and load keys (ssh-add), or set ssh.mode: local-keys in the policy`);
-    return new BrokerError(SshCode.AGENT_UNAVAILABLE, 'the host\'s SSH agent does not answer; see the shed-host-agent log on the host', { result: 'error' });
-  };
-
-  /**
-   * The backend and its keys for this request. In auto mode a socket that
-   * cannot be reached means local-keys; an agent that is reached but fails
-   * is an error, not a silent switch.
-   */
-  async function identities(ctx: RequestContext): Promise<{ backend: Backend; keys: Identity[] }> {
-    const ssh = ctx.policy.ssh;
-    const socket = agentSocket(ssh);
-    if (ssh.mode === 'local-keys' || (ssh.mode === 'auto' && !socket)) {
-      const backend = localBackend(ssh);
-      return { backend, keys: backend.mode === 'local-keys' ? backend.keys.map(localIdentity) : [] };
-    }
-    if (!socket) throw unavailable(ctx, 'ssh.mode is agent-forward but neither ssh.agent_socket nor SSH_AUTH_SOCK names a socket');
-    const agent = agentFor(socket);
-    try {
-      const keys = await agent.identities(ctx.signal);
-      return { backend: { mode: 'agent-forward', agent }, keys: keys.map((k) => ({ ...k, fingerprint: fingerprint(k.blob) })) };
-    } catch (err) {
-      if (!(err instanceof AgentError)) throw err;
-      if (ssh.mode === 'auto' && err.kind === 'unreachable') {
-        const backend = localBackend(ssh);
-        return { backend, keys: backend.mode === 'local-keys' ? backend.keys.map(localIdentity) : [] };
-      }
-      throw unavailable(ctx, err.message);
-    }
-  }
+  const backends = new SshBackends({ log: deps.log, env: deps.env, homedir: deps.homedir ?? (() => os.homedir()), agent: deps.agent });
+  const backendOf = (ctx: RequestContext): SshBackend => backends.for(ctx.policy.ssh, { shed: ctx.shed, log: ctx.log });
 
   async function list(ctx: RequestContext): Promise<SshListResponse> {
-    const { keys } = await identities(ctx);
+    const keys = await backendOf(ctx).list(ctx.signal);
     const shown = keys.filter((k) => keyDecision(ctx.policy.ssh, k.fingerprint).allowed);
     const hidden = keys.length - shown.length;
     ctx.detail = `${shown.map((k) => k.fingerprint).join(',') || '(no keys)'}${hidden ? ` (+${hidden} not in allowed_keys)` : ''}`.slice(0, 900);
@@ -109,8 +57,9 @@ export function createSshHandler(deps: SshHandlerDeps): NamespaceHandler {
   }
 
   async function status(ctx: RequestContext): Promise<SshStatusResponse> {
+    const backend = backendOf(ctx);
     try {
-      const { backend, keys } = await identities(ctx);
+      const keys = await backend.list(ctx.signal);
       const allowed = keys.filter((k) => keyDecision(ctx.policy.ssh, k.fingerprint).allowed);
       return { connected: true, mode: backend.mode, key_count: allowed.length };
     } catch (err) {
@@ -143,9 +92,14 @@ export function createSshHandler(deps: SshHandlerDeps): NamespaceHandler {
 
     const auth = parseUserAuthRequest(data);
     if (auth) {
-      const who = `an ssh login as ${JSON.stringify(auth.user.slice(0, 64))}`;
+      // ssh logs in with a certificate by asking its plain key to sign a
+      // request that names the certificate: the audit line names it.
+      const cert = parseCertificate(auth.key);
+      const certified = cert?.key.equals(key) === true;
+      if (certified) ctx.detail = describeKey(auth.key);
+      const who = `an ssh login as ${JSON.stringify(auth.user.slice(0, 64))}${certified ? ` with certificate ${JSON.stringify(cert!.keyId.slice(0, 64))}` : ''}`;
       if (ssh.allowed_hosts === undefined) return who;
-      if (!auth.key.equals(key)) {
+      if (!auth.key.equals(key) && !certified) {
         throw refuse(SshCode.HOST_NOT_ALLOWED, 'the login request names another key than the one asked to sign it; refused', 'user-auth request for another key');
       }
       const bound = bindings.lookup(ctx.shed, auth.sessionId);
@@ -185,83 +139,24 @@ export function createSshHandler(deps: SshHandlerDeps): NamespaceHandler {
     const blob = Buffer.from(parsed.data.public_key, 'base64');
     const data = Buffer.from(parsed.data.data, 'base64');
     const flags = parsed.data.flags;
-    const fp = fingerprint(blob);
-    ctx.detail = fp;
     if (!blobType(blob)) throw new BrokerError(CommonCode.INVALID_REQUEST, 'public_key is not an SSH public key blob');
+    // A certificate counts as the key it certifies; the audit line names it too.
+    const fp = keyFingerprint(blob);
+    ctx.detail = parseCertificate(blob) ? describeKey(blob) : fp;
 
     const kd = keyDecision(ctx.policy.ssh, fp);
     if (!kd.allowed) {
-      throw new BrokerError(kd.code ?? SshCode.KEY_NOT_ALLOWED, `key ${fp} is not allowed for shed ${ctx.shed}; add it to ssh.allowed_keys in the host policy`, { detail: `${fp}: ${kd.rule}` });
+      throw new BrokerError(kd.code ?? SshCode.KEY_NOT_ALLOWED, `key ${fp} is not allowed for shed ${ctx.shed}; add it to ssh.allowed_keys in the host policy`, { detail: `${ctx.detail}: ${kd.rule}` });
     }
     const purpose = checkData(ctx, blob, fp, data);
-
-    const ssh = ctx.policy.ssh;
-    const socket = agentSocket(ssh);
-    let localKey: LocalKey | undefined;
-    let agent: AgentClient | undefined;
-    if (ssh.mode === 'local-keys' || (ssh.mode === 'auto' && !socket)) {
-      localKey = findLocal(ssh, blob);
-    } else if (!socket) {
-      throw unavailable(ctx, 'ssh.mode is agent-forward but neither ssh.agent_socket nor SSH_AUTH_SOCK names a socket');
-    } else {
-      agent = agentFor(socket);
-      // Do not ask a human to approve a key the agent does not hold; without a gate, the sign itself finds out.
-      if (ctx.policy.approval.gate !== 'none' && ctx.policy.approval.applies_to.includes(NS)) {
-        const found = await identities(ctx);
-        if (found.backend.mode === 'local-keys') {
-          agent = undefined;
-          localKey = findLocal(ssh, blob);
-        } else if (!found.keys.some((k) => k.blob.equals(blob))) {
-          throw notFound(ctx, fp);
-        }
-      }
+    const backend = backendOf(ctx);
+    // Do not ask a human to approve a key the host does not hold; without a gate, the sign itself finds out.
+    if (gated(ctx.policy.approval, NS) && !(await backend.holds(blob, ctx.signal))) {
+      throw new BrokerError(SshCode.KEY_NOT_FOUND, `the host has no key ${fp} (${backend.describe()}); load it on the host (ssh-add) or check ssh.keys`, { result: 'error', detail: `${ctx.detail}: not held by the host` });
     }
-
     await ctx.approve({ subject: fp, description: `sign with ${describeKey(blob)} for ${purpose}` });
-
-    let sig: WireSignature;
-    if (agent) {
-      try {
-        sig = await agent.sign(blob, data, flags, ctx.signal);
-      } catch (err) {
-        if (!(err instanceof AgentError)) throw err;
-        if (err.kind === 'unreachable' && ssh.mode === 'auto') {
-          sig = signLocal(findLocal(ssh, blob), data, flags, fp, ctx);
-        } else if (err.kind === 'unreachable') {
-          throw unavailable(ctx, err.message);
-        } else if (err.kind === 'refused') {
-          const held = await agent.identities(ctx.signal).catch(() => undefined);
-          if (held && !held.some((k) => k.blob.equals(blob))) throw notFound(ctx, fp);
-          ctx.log.warn(`shed ${ctx.shed}: the host's SSH agent refused to sign with ${fp} (a confirmation or touch may have been declined)`);
-          throw new BrokerError(SshCode.SIGN_FAILED, `the host's SSH agent refused to sign with ${fp}; it may have asked for a confirmation or a touch that did not come`, { result: 'error' });
-        } else {
-          ctx.log.warn(`shed ${ctx.shed}: signing with ${fp} through the host's SSH agent failed: ${err.message}`);
-          throw new BrokerError(SshCode.SIGN_FAILED, `signing with ${fp} failed on the host (${err.kind}); see the shed-host-agent log`, { result: 'error' });
-        }
-      }
-    } else {
-      sig = signLocal(localKey!, data, flags, fp, ctx);
-    }
+    const sig = await backend.sign(blob, data, flags, ctx.signal);
     return { format: sig.format, blob: sig.blob.toString('base64'), rest: sig.rest.toString('base64') };
-  }
-
-  function findLocal(ssh: EffectiveSsh, blob: Buffer): LocalKey {
-    const key = local.load(home(), ssh.keys).find((k) => k.blob.equals(blob));
-    if (!key) throw new BrokerError(SshCode.KEY_NOT_FOUND, `the host has no usable key ${fingerprint(blob)} (local-keys: ~/.ssh/id_ed25519, id_ecdsa, id_rsa and ssh.keys)`, { result: 'error' });
-    return key;
-  }
-
-  function signLocal(key: LocalKey, data: Buffer, flags: number, fp: string, ctx: RequestContext): WireSignature {
-    try {
-      return signWithLocalKey(key, data, flags);
-    } catch (err) {
-      ctx.log.warn(`shed ${ctx.shed}: signing with ${fp} from ${key.file} failed: ${(err as Error).name}`);
-      throw new BrokerError(SshCode.SIGN_FAILED, `signing with ${fp} failed on the host; see the shed-host-agent log`, { result: 'error' });
-    }
-  }
-
-  function notFound(ctx: RequestContext, fp: string): BrokerError {
-    return new BrokerError(SshCode.KEY_NOT_FOUND, `the host's SSH agent does not hold key ${fp}; load it on the host with ssh-add`, { result: 'error', detail: `${fp}: not in the agent` });
   }
 
   async function bind(payload: Payload, ctx: RequestContext): Promise<SshBindResponse> {
@@ -309,15 +204,10 @@ export function createSshHandler(deps: SshHandlerDeps): NamespaceHandler {
       }
     },
     async close() {
-      for (const agent of agents.values()) agent.close();
-      agents.clear();
+      backends.close();
       bindings.clear();
     },
   };
-}
-
-function localIdentity(k: LocalKey): Identity {
-  return { blob: k.blob, comment: k.comment, fingerprint: k.fingerprint };
 }
 
 function toWireKey(k: Identity): SshKey {

@@ -5,15 +5,17 @@
  *
  * Like ssh, it refuses a key file others can read, and it cannot use a key
  * protected by a passphrase (there is nobody to ask): both are skipped with a
- * log line naming the file. Parsed keys are cached by file identity and
- * modification time, so an edited or replaced file is read again.
+ * log line naming the file. A certificate beside a key (`<key>-cert.pub`, as
+ * `ssh-keygen -s` writes it) is offered with it, when it certifies that key.
+ * Parsed keys are cached by file identity and modification time (the key's
+ * and its certificate's), so an edited or replaced file is read again.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import ssh2, { type ParsedKey as Ssh2Key } from 'ssh2';
 import type { Logger } from '../../protocol/log.js';
 import { SSH_AGENT_RSA_SHA2_256, SSH_AGENT_RSA_SHA2_512 } from '../../protocol/ssh-wire.js';
-import { fingerprint, sshString, type WireSignature } from './wire.js';
+import { fingerprint, parseCertificate, sshString, type WireSignature } from '../../protocol/ssh-wire.js';
 
 /** ssh2's key; its `sign` returns an Error instead of throwing. */
 type ParsedKey = Omit<Ssh2Key, 'sign'> & { sign(data: Buffer, algo?: string): Buffer | Error };
@@ -23,6 +25,8 @@ export const DEFAULT_KEY_FILES = ['id_ed25519', 'id_ecdsa', 'id_rsa'];
 export interface LocalKey {
   file: string;
   blob: Buffer;
+  /** The certificate of this key beside it (`<file>-cert.pub`), when there is one. */
+  cert?: Buffer;
   type: string;
   comment: string;
   fingerprint: string;
@@ -62,7 +66,9 @@ export class LocalKeys {
       if (listed) this.once(file, `missing:${code}`, `ssh key ${file} listed in the policy's ssh.keys cannot be read (${code}); fix the path or remove it`);
       return undefined;
     }
-    const stamp = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.mode}`;
+    const certFile = `${file}-cert.pub`;
+    const certSt = statOrUndefined(certFile);
+    const stamp = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.mode}|${certSt ? `${certSt.ino}:${certSt.size}:${certSt.mtimeMs}` : '-'}`;
     const cached = this.cache.get(file);
     if (cached?.stamp === stamp) return cached.key;
     const entry: CacheEntry = { stamp };
@@ -96,8 +102,30 @@ export class LocalKeys {
       return undefined;
     }
     const blob = Buffer.from(key.getPublicSSH());
-    entry.key = { file, blob, type: key.type, comment: key.comment || file, fingerprint: fingerprint(blob), key };
+    entry.key = { file, blob, type: key.type, comment: key.comment || file, fingerprint: fingerprint(blob), key, cert: certSt && this.readCert(certFile, blob) };
     return entry.key;
+  }
+
+  /** The certificate in `file` when it certifies `blob`; else undefined, with a log line saying why. */
+  private readCert(file: string, blob: Buffer): Buffer | undefined {
+    let line: string;
+    try {
+      line = fs.readFileSync(file, 'utf8').trim();
+    } catch (err) {
+      this.log.warn(`skipping certificate ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+      return undefined;
+    }
+    const cert = Buffer.from(line.split(/\s+/)[1] ?? '', 'base64');
+    const parsed = parseCertificate(cert);
+    if (!parsed) {
+      this.log.warn(`skipping certificate ${file}: not an OpenSSH certificate`);
+      return undefined;
+    }
+    if (!parsed.key.equals(blob)) {
+      this.log.warn(`skipping certificate ${file}: it certifies ${fingerprint(parsed.key)}, not the key beside it (${fingerprint(blob)})`);
+      return undefined;
+    }
+    return cert;
   }
 
   private readonly warned = new Set<string>();
@@ -163,4 +191,12 @@ export function derToSshEcdsa(der: Buffer): Buffer {
     p += len;
   }
   return Buffer.concat([sshString(ints[0]!), sshString(ints[1]!)]);
+}
+
+function statOrUndefined(file: string): fs.Stats | undefined {
+  try {
+    return fs.statSync(file);
+  } catch {
+    return undefined;
+  }
 }

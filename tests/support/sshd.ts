@@ -28,11 +28,12 @@ export interface KeyPair {
   secrets: string[];
 }
 
-/** `ssh-keygen -t type` into `dir/name` (no passphrase unless given). */
-export async function makeKey(dir: string, name: string, type: 'ed25519' | 'ecdsa' | 'rsa', passphrase = ''): Promise<KeyPair> {
+/** `ssh-keygen -t type` into `dir/name` (no passphrase unless given; `bits` for ecdsa 384/521 or a larger RSA). */
+export async function makeKey(dir: string, name: string, type: 'ed25519' | 'ecdsa' | 'rsa', passphrase = '', bits?: number): Promise<KeyPair> {
   const file = path.join(dir, name);
   const args = ['-q', '-t', type, '-N', passphrase, '-C', `${name}@test`, '-f', file];
-  if (type === 'rsa') args.push('-b', '2048');
+  if (bits !== undefined) args.push('-b', String(bits));
+  else if (type === 'rsa') args.push('-b', '2048');
   const r = await run('ssh-keygen', args);
   if (r.code !== 0) throw new Error(`ssh-keygen failed: ${r.stderr}`);
   const pubLine = fs.readFileSync(`${file}.pub`, 'utf8').trim();
@@ -76,8 +77,12 @@ export interface Sshd {
   stop(): Promise<void>;
 }
 
-/** A foreground sshd on 127.0.0.1 that lets `authorizedKeys` log in as the current user (root here). */
-export async function startSshd(dir: string, authorizedKeys: string[], hostKeyType: 'ed25519' | 'ecdsa' | 'rsa' = 'ed25519'): Promise<Sshd> {
+/**
+ * A foreground sshd on 127.0.0.1 that lets `authorizedKeys` log in as the
+ * current user (root here); `extraConfig` adds sshd_config lines
+ * (`TrustedUserCAKeys …`).
+ */
+export async function startSshd(dir: string, authorizedKeys: string[], hostKeyType: 'ed25519' | 'ecdsa' | 'rsa' = 'ed25519', extraConfig: string[] = []): Promise<Sshd> {
   fs.mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const hostKey = await makeKey(dir, `host_${hostKeyType}`, hostKeyType);
@@ -99,6 +104,7 @@ export async function startSshd(dir: string, authorizedKeys: string[], hostKeyTy
       'PermitRootLogin prohibit-password',
       'LogLevel INFO',
       'Subsystem sftp internal-sftp',
+      ...extraConfig,
       '',
     ].join('\n'));
     const child = spawnTracked('/usr/sbin/sshd', ['-D', '-e', '-f', config]);

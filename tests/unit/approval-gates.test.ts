@@ -195,7 +195,9 @@ describe('approval: policies', function () {
     expect(await ask('alpha', 'docker-credentials', { subject: 'ghcr.io', description: 'ghcr.io' })).to.equal('none');
     expect(lines(counter)).to.be.empty;
     const covered = { gate: 'command', policy: 'per-request', ttl: 1000, timeout: 1000, command: [gate] } as EffectiveApproval;
-    expect(gated({ ...covered, applies_to: ['aws-credentials'] }, 'ssh-agent')).to.equal(true);
+    // A gate guards what applies_to lists, nothing else: not ssh when it lists only aws-credentials.
+    expect(gated({ ...covered, applies_to: ['aws-credentials'] }, 'ssh-agent')).to.equal(false);
+    expect(gated({ ...covered, applies_to: ['aws-credentials'] }, 'aws-credentials')).to.equal(true);
     expect(gated({ ...covered, applies_to: ['ssh-agent', 'aws-credentials'] }, 'aws-credentials')).to.equal(true);
   });
 

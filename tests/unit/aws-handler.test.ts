@@ -76,7 +76,8 @@ describe('aws-credentials handler', () => {
       policy: shed, log, signal: new AbortController().signal, approval: 'none',
       async approve(subject) {
         approvals.push(subject);
-        if (shed.approval.gate !== 'none') throw new BrokerError('APPROVAL_DENIED', 'denied by the test');
+        // The gate's command says: `false` denies, anything else approves.
+        if (shed.approval.command?.[0] === 'false') throw new BrokerError('APPROVAL_DENIED', 'denied by the test');
         c.approval = 'prompt';
       },
     };
@@ -206,7 +207,7 @@ describe('aws-credentials handler', () => {
 
   it('asks the approval gate when approval.applies_to names aws-credentials, before any STS call', async () => {
     const asked: ApprovalSubject[] = [];
-    await get(ctx({ role: ROLE_DEV }, { approval: { applies_to: ['aws-credentials'] } }, asked));
+    await get(ctx({ role: ROLE_DEV }, { approval: { gate: 'command', command: ['true'], applies_to: ['aws-credentials'] } }, asked));
     expect(asked).to.have.length(1);
     expect(asked[0]!.subject).to.equal(ROLE_DEV);
     const none: ApprovalSubject[] = [];
