@@ -11,7 +11,6 @@
  * time over a keep-alive connection. Throughput: 16 keep-alive connections.
  */
 import { fork } from 'node:child_process';
-import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
@@ -26,12 +25,12 @@ import { createLogger, memoryLogger } from '../protocol/log.js';
 import { ROLE_DEV, startAwsHost } from '../tests/support/aws-fixtures.js';
 import { startDirectBroker } from '../tests/support/harness.js';
 import { stopAll, tempDir } from '../tests/support/procs.js';
+import { writeSection } from './results.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
 
 const TOKEN = 'bench-token-5d41402abc4b2a76';
 const FLOOR_BODY = { AccessKeyId: 'ASIAFLOORFLOORFLOOR0', SecretAccessKey: 'f'.repeat(40), Token: 't'.repeat(600), Expiration: '2030-01-01T00:00:00Z' };
-const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 /** Child mode: the guest app plus the bench-only floor route, on a free loopback port. */
 async function serveGuest(publishUrl: string): Promise<void> {
@@ -149,12 +148,7 @@ function report(full: Figures, floor: Figures, n: number, seconds: number): void
     `Added by the bus and the host at p50: ${ms(full.p50 - floor.p50)}. One AssumeRole for the whole run (warm cache).`,
   ];
   const section = lines.join('\n');
-  process.stdout.write(`${section}\n`);
-  const file = path.join(HERE, 'RESULTS.md');
-  const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '# Benchmark results\n';
-  const block = `<!-- bench:aws-endpoint -->\n${section}\n<!-- /bench:aws-endpoint -->`;
-  const re = /<!-- bench:aws-endpoint -->[\s\S]*?<!-- \/bench:aws-endpoint -->/;
-  fs.writeFileSync(file, re.test(text) ? text.replace(re, block) : `${text.trimEnd()}\n\n${block}\n`);
+  writeSection('aws-endpoint', section);
 }
 
 if (process.argv[2] === 'serve-guest') {

@@ -17,8 +17,9 @@ import { performance } from 'node:perf_hooks';
 import { createDockerHandler } from '../host-broker/docker/handler.js';
 import { memoryLogger } from '../protocol/log.js';
 import { startDirectBroker } from '../tests/support/harness.js';
-import { REPO_ROOT, stopAll, tempDir } from '../tests/support/procs.js';
+import { stopAll, tempDir } from '../tests/support/procs.js';
 import { bundleDockerCredentialShed } from '../tests/support/registry.js';
+import { writeSection } from './results.js';
 
 const RUNS = Number(process.argv[2] ?? 40);
 const WARMUP = 5;
@@ -129,19 +130,6 @@ async function main(): Promise<void> {
     await broker.stop();
     await stopAll();
   }
-}
-
-/** Replace this bench's section of bench/RESULTS.md (between its markers), or append it. */
-function writeSection(name: string, body: string): void {
-  const file = path.join(REPO_ROOT, 'bench', 'RESULTS.md');
-  const start = `<!-- bench:${name} -->`;
-  const end = `<!-- /bench:${name} -->`;
-  const block = `${start}\n${body}\n${end}`;
-  const current = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '# Benchmark results\n\nEach section is written by its script in `bench/`; rerun it to refresh.\n';
-  const i = current.indexOf(start);
-  const j = current.indexOf(end);
-  const next = i >= 0 && j > i ? `${current.slice(0, i)}${block}${current.slice(j + end.length)}` : `${current.trimEnd()}\n\n${block}\n`;
-  fs.writeFileSync(file, next);
 }
 
 await main();

@@ -16,7 +16,6 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { bundleGuest } from '../guest-services/bundle.js';
 import { AgentClient } from '../host-broker/ssh/agent-client.js';
 import { keyLineBlob } from '../host-broker/ssh/rules.js';
@@ -24,8 +23,8 @@ import { percentile, procStats } from '../tests/support/hostile.js';
 import { startDirectBroker } from '../tests/support/harness.js';
 import { spawnTracked, stopAll, stopProcess, tempDir, waitFor } from '../tests/support/procs.js';
 import { makeKey, startRealAgent } from '../tests/support/sshd.js';
+import { writeSection } from './results.js';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROUNDS = Number(process.argv[2] ?? 5);
 
 async function main(): Promise<void> {
@@ -87,12 +86,7 @@ async function main(): Promise<void> {
     '',
     `Bundle: ${(bundle.bytes / 1024).toFixed(0)} KiB${baselineBytes ? ` (the baseline's: ${(baselineBytes / 1024).toFixed(0)} KiB)` : ''}, target at most 150 KiB: ${verdict(bundle.bytes <= 150 * 1024)}. Idle RSS ${(current - floor).toFixed(1)} MB over bare node, target at most 10 MB: ${verdict(current - floor <= 10)}.`,
   ].join('\n');
-  process.stdout.write(`${section}\n`);
-  const file = path.join(HERE, 'RESULTS.md');
-  const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '# Benchmark results\n';
-  const block = `<!-- bench:guest-agent -->\n${section}\n<!-- /bench:guest-agent -->`;
-  const re = /<!-- bench:guest-agent -->[\s\S]*?<!-- \/bench:guest-agent -->/;
-  fs.writeFileSync(file, re.test(text) ? text.replace(re, block) : `${text.trimEnd()}\n\n${block}\n`);
+  writeSection('guest-agent', section);
 }
 
 main()

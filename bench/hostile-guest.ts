@@ -24,8 +24,6 @@
  * a few hundred audit lines for eve's 100,000.
  */
 import crypto from 'node:crypto';
-import { execFileSync } from 'node:child_process';
-import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -35,6 +33,8 @@ import { keyLineBlob } from '../host-broker/ssh/rules.js';
 import { auditOf, hostileRequest, percentile, procStats, prng } from '../tests/support/hostile.js';
 import { capture, REPO_ROOT, spawnTracked, stopAll, stopProcess, tempDir, waitFor } from '../tests/support/procs.js';
 import { makeKey, startRealAgent } from '../tests/support/sshd.js';
+import { writeSection } from './results.js';
+import { startShippedBroker } from './shipped-broker.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
@@ -84,23 +84,12 @@ async function main(): Promise<void> {
   const dir = tempDir('shed-bench-h');
   const key = await makeKey(dir, 'id_ed25519', 'ed25519');
   const hostAgent = await startRealAgent(path.join(dir, 'host-agent.sock'), [key]);
-  execFileSync(process.execPath, [path.join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', path.join(REPO_ROOT, 'tsconfig.build.json')], { stdio: 'inherit' });
-
-  const socks = path.join(dir, 'state', 'socks');
-  const auditDir = path.join(dir, 'state', 'audit');
-  const config = path.join(dir, 'config', 'extensions.yaml');
-  fs.mkdirSync(path.dirname(config), { mode: 0o700 });
-  fs.writeFileSync(config, JSON.stringify({
-    version: 1,
-    direct: { sockets_dir: socks },
-    audit: { dir: auditDir },
+  const shipped = await startShippedBroker(dir, {
     defaults: { ssh: { mode: 'agent-forward', agent_socket: hostAgent.sock } },
     // alice's own rate limit is raised out of the way: she signs as fast as she can.
     sheds: { mallory: {}, eve: {}, alice: { limits: { ssh: { per_minute: 10_000_000, burst: 1_000_000 } } } },
-  }), { mode: 0o600 });
-  const broker = spawnTracked(process.execPath, [...(process.env.BROKER_NODE_FLAGS ? process.env.BROKER_NODE_FLAGS.split(' ') : []), '--require', path.join(HERE, 'eld-probe.cjs'), path.join(REPO_ROOT, 'dist/host-broker/cli/main.js'), 'run', '--config', config], { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
-  const brokerOut = capture(broker);
-  await waitFor(() => fs.existsSync(path.join(socks, 'alice.sock')) || broker.exitCode !== null, 20_000, 'shed-host-agent');
+  }, 'alice', [...(process.env.BROKER_NODE_FLAGS ? process.env.BROKER_NODE_FLAGS.split(' ') : []), '--require', path.join(HERE, 'eld-probe.cjs')]);
+  const { child: broker, out: brokerOut, auditDir } = shipped;
   const pid = broker.pid!;
 
   const eld = async (): Promise<{ p50: number; p99: number; max: number }> => {
@@ -110,7 +99,7 @@ async function main(): Promise<void> {
     return JSON.parse(line[1]!);
   };
 
-  const alice = new BusClient({ publishUrl: `unix:${path.join(socks, 'alice.sock')}` });
+  const alice = new BusClient({ publishUrl: `unix:${shipped.socketPath('alice')}` });
   const blob = keyLineBlob(key.pubLine)!;
   const sign = { operation: 'sign', public_key: blob.toString('base64'), data: crypto.randomBytes(128).toString('base64'), flags: 0 };
   const signs = async (n: number): Promise<number[]> => {
@@ -132,7 +121,7 @@ async function main(): Promise<void> {
 
   // 2. Under attack: the attacker in its own process, alice signing meanwhile.
   const attackSeconds = Math.max(10, Math.ceil(SIGNS / 100));
-  const attacker = spawnTracked(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--attack', path.join(socks, 'mallory.sock'), '1000', String(attackSeconds)], { cwd: REPO_ROOT });
+  const attacker = spawnTracked(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--attack', shipped.socketPath('mallory'), '1000', String(attackSeconds)], { cwd: REPO_ROOT });
   const attackerOut = capture(attacker);
   await waitFor(() => procStats(pid).fds > 60, 20_000, 'the attack to start');
   await eld();
@@ -152,7 +141,7 @@ async function main(): Promise<void> {
   const rssAfter = procStats(pid).rssMb;
 
   // 3. Audit flood from eve.
-  const eves = Array.from({ length: 4 }, () => new BusClient({ publishUrl: `unix:${path.join(socks, 'eve.sock')}`, deadlineMs: 30_000 }));
+  const eves = Array.from({ length: 4 }, () => new BusClient({ publishUrl: `unix:${shipped.socketPath('eve')}`, deadlineMs: 30_000 }));
   let next = 0;
   let ok = 0;
   let denied = 0;
@@ -205,13 +194,8 @@ async function main(): Promise<void> {
     '',
     `Audit flood: eve sent ${FLOOD} requests in ${floodSeconds.toFixed(1)} s (${ok} served within its rate limit, ${denied} denied). Her audit file holds ${eveLines.length} lines (${linesBeforeStop} before the broker stopped and wrote the last summary): ${eveOk} served requests one by one, the denials ${FLOOD - ok <= 0 ? '' : 'written one by one up to audit.denials_per_minute and '}summed up once a minute. The lines and counts account for ${accounted} of ${FLOOD} requests.`,
   ].join('\n');
-  process.stdout.write(`${section}\n`);
+  writeSection('hostile-guest', section);
   if (process.env.BROKER_NODE_FLAGS) process.stdout.write(brokerOut.stdout());
-  const file = path.join(HERE, 'RESULTS.md');
-  const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '# Benchmark results\n';
-  const block = `<!-- bench:hostile-guest -->\n${section}\n<!-- /bench:hostile-guest -->`;
-  const re = /<!-- bench:hostile-guest -->[\s\S]*?<!-- \/bench:hostile-guest -->/;
-  fs.writeFileSync(file, re.test(text) ? text.replace(re, block) : `${text.trimEnd()}\n\n${block}\n`);
 }
 
 main()

@@ -27,16 +27,16 @@ import net from 'node:net';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
 import { BusClient } from '../guest-services/bus-client.js';
 import { bundleGuest } from '../guest-services/bundle.js';
 import { AgentClient } from '../host-broker/ssh/agent-client.js';
 import { keyLineBlob } from '../host-broker/ssh/rules.js';
-import { capture, REPO_ROOT, spawnTracked, stopAll, tempDir, waitFor } from '../tests/support/procs.js';
+import { capture, spawnTracked, stopAll, tempDir, waitFor } from '../tests/support/procs.js';
 import { makeKey, startRealAgent } from '../tests/support/sshd.js';
+import { writeSection } from './results.js';
+import { startShippedBroker } from './shipped-broker.js';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
 const N = Number(process.argv[2] ?? 2000);
 const WARMUP = 100;
 const BATCH = 50;
@@ -75,27 +75,16 @@ async function main(): Promise<void> {
   const hostAgent = await startRealAgent(path.join(dir, 'host-agent.sock'), [key]);
 
   // What ships: the broker's tsc build and the guest agent's bundle.
-  execFileSync(process.execPath, [path.join(REPO_ROOT, 'node_modules/typescript/bin/tsc'), '-p', path.join(REPO_ROOT, 'tsconfig.build.json')], { stdio: 'inherit' });
-  const guestBundle = (await bundleGuest({ outDir: path.join(dir, 'bundle'), only: ['shed-ext-ssh-agent'] })).bundles[0]!.file;
-
-  const socks = path.join(dir, 'state', 'socks');
-  const auditDir = path.join(dir, 'state', 'audit');
-  const config = path.join(dir, 'config', 'extensions.yaml');
-  fs.mkdirSync(path.dirname(config), { mode: 0o700 });
-  fs.writeFileSync(config, JSON.stringify({
-    version: 1,
-    direct: { sockets_dir: socks },
-    audit: { dir: auditDir },
+  const shipped = await startShippedBroker(dir, {
     // The rate limit is raised out of the way: it guards against runaway guests, not what this measures.
     sheds: { bench: { ssh: { mode: 'agent-forward', agent_socket: hostAgent.sock }, limits: { ssh: { per_minute: 10_000_000, burst: 1_000_000 } } } },
-  }), { mode: 0o600 });
-  const broker = spawnTracked(process.execPath, [path.join(REPO_ROOT, 'dist/host-broker/cli/main.js'), 'run', '--config', config], { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
-  const brokerOut = capture(broker);
-  await waitFor(() => fs.existsSync(path.join(socks, 'bench.sock')) || broker.exitCode !== null, 20_000, 'shed-host-agent');
-  if (broker.exitCode !== null) throw new Error(`shed-host-agent exited: ${brokerOut.stderr()}`);
+  }, 'bench');
+  const { child: broker, out: brokerOut, auditDir } = shipped;
+  const benchSock = shipped.socketPath('bench');
+  const guestBundle = (await bundleGuest({ outDir: path.join(dir, 'bundle'), only: ['shed-ext-ssh-agent'] })).bundles[0]!.file;
 
   const guestSock = path.join(dir, 'guest', 'agent.sock');
-  const guest = spawnTracked(process.execPath, [guestBundle, '--sock', guestSock, '--publish-url', `unix:${path.join(socks, 'bench.sock')}`], { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
+  const guest = spawnTracked(process.execPath, [guestBundle, '--sock', guestSock, '--publish-url', `unix:${benchSock}`], { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
   const guestOut = capture(guest);
   await waitFor(() => fs.existsSync(path.join(dir, 'guest', 'ssh-agent.status')) || guest.exitCode !== null, 20_000, 'shed-ext-ssh-agent');
   if (guest.exitCode !== null) throw new Error(`shed-ext-ssh-agent exited: ${guestOut.stderr()}`);
@@ -129,7 +118,7 @@ async function main(): Promise<void> {
   const direct = new AgentClient(hostAgent.sock);
   const data = crypto.randomBytes(128);
   // Where the time goes: the same sign published on the bus by this process (no guest agent), and a bare ping (no handler, no audit).
-  const bus = new BusClient({ publishUrl: `unix:${path.join(socks, 'bench.sock')}` });
+  const bus = new BusClient({ publishUrl: `unix:${benchSock}` });
   const signPayload = { operation: 'sign', public_key: blob.toString('base64'), data: data.toString('base64'), flags: 0 };
   const timed = async (f: () => Promise<unknown>): Promise<number> => {
     const t0 = process.hrtime.bigint();
@@ -243,13 +232,7 @@ async function main(): Promise<void> {
     `The path makes two hops more than the direct agent does: about ${f(2 * h.p50)} of the added time at p50 is those hops alone (bare, with both ends busy);`
       + ` the added ${f(added)} is ${(added / (2 * h.p50)).toFixed(1)}× that floor.`,
   ].join('\n');
-  process.stdout.write(`${section}\n`);
-
-  const file = path.join(HERE, 'RESULTS.md');
-  const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '# Benchmark results\n';
-  const block = `<!-- bench:ssh-sign -->\n${section}\n<!-- /bench:ssh-sign -->`;
-  const re = /<!-- bench:ssh-sign -->[\s\S]*?<!-- \/bench:ssh-sign -->/;
-  fs.writeFileSync(file, re.test(text) ? text.replace(re, block) : `${text.trimEnd()}\n\n${block}\n`);
+  writeSection('ssh-sign', section);
 }
 
 main()

@@ -24,7 +24,7 @@ import { SshListResponse, SshSignResponse } from '../../protocol/ssh-agent.js';
 import {
   encodeSignature, FAILURE, FrameSplitter, identitiesAnswer, keyFingerprint, parseExtension, parseSessionBind, parseSignRequest, queryAnswer,
   signResponse as agentSignResponse, SSH_AGENTC_EXTENSION, SSH_AGENTC_REQUEST_IDENTITIES, SSH_AGENTC_SIGN_REQUEST, SUCCESS,
-  type AgentMessage, type Identity, type SessionBind, type SignRequest,
+  type AgentMessage, type Identity,
 } from '../../protocol/ssh-wire.js';
 import { BusClient, BusError } from '../bus-client.js';
 import { StatusFile } from '../status-file.js';
@@ -189,18 +189,14 @@ async function answer(message: AgentMessage, call: Call, signDeadlineMs: number,
       return identitiesAnswer(keys);
     }
     case SSH_AGENTC_SIGN_REQUEST: {
-      let req: SignRequest;
+      const req = parsed(() => parseSignRequest(message.body));
+      if (!req) return FAILURE;
       try {
-        req = parseSignRequest(message.body);
-      } catch {
-        return FAILURE;
-      }
-      try {
-        const parsed = signResponse.safeParse(await call({
+        const answer = signResponse.safeParse(await call({
           operation: 'sign', public_key: req.key.toString('base64'), data: req.data.toString('base64'), flags: req.flags,
         }, signDeadlineMs));
-        if (!parsed.success) throw new Error('the host answered sign with something that is not a signature');
-        const { format, blob, rest } = parsed.data;
+        if (!answer.success) throw new Error('the host answered sign with something that is not a signature');
+        const { format, blob, rest } = answer.data;
         // The host's agent's signature as it made it: format, blob, and what follows (a security key's flags and counter).
         return agentSignResponse(encodeSignature({ format, blob: Buffer.from(blob, 'base64'), rest: Buffer.from(rest, 'base64') }));
       } catch (err) {
@@ -217,20 +213,11 @@ async function answer(message: AgentMessage, call: Call, signDeadlineMs: number,
 }
 
 async function answerExtension(body: Buffer, call: Call, log: Logger): Promise<Buffer> {
-  let ext: { name: string; contents: Buffer };
-  try {
-    ext = parseExtension(body);
-  } catch {
-    return FAILURE;
-  }
-  if (ext.name === 'query') return ext.contents.length === 0 ? queryAnswer(EXTENSIONS) : FAILURE;
-  if (ext.name !== 'session-bind@openssh.com') return FAILURE;
-  let bind: SessionBind;
-  try {
-    bind = parseSessionBind(ext.contents);
-  } catch {
-    return FAILURE;
-  }
+  const ext = parsed(() => parseExtension(body));
+  if (ext?.name === 'query') return ext.contents.length === 0 ? queryAnswer(EXTENSIONS) : FAILURE;
+  if (ext?.name !== 'session-bind@openssh.com') return FAILURE;
+  const bind = parsed(() => parseSessionBind(ext.contents));
+  if (!bind) return FAILURE;
   try {
     const answer = await call({
       operation: 'bind',
@@ -245,6 +232,15 @@ async function answerExtension(body: Buffer, call: Call, log: Logger): Promise<B
     if (err instanceof BusError && err.code === 'UNKNOWN_OPERATION') log.debug('the host does not know bind (older shed-host-agent); answering FAILURE');
     else logRefusal(log, 'binding a session', err as Error);
     return FAILURE;
+  }
+}
+
+/** What `parse` makes of a message, or undefined when it does not parse (the answer is then FAILURE). */
+function parsed<T>(parse: () => T): T | undefined {
+  try {
+    return parse();
+  } catch {
+    return undefined;
   }
 }
 

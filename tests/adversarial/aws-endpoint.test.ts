@@ -14,7 +14,7 @@ import { createAwsHandler } from '../../host-broker/aws/handler.js';
 import { memoryLogger } from '../../protocol/log.js';
 import { ROLE_DEV, SOURCE, startAwsHost, type AwsHostFixture } from '../support/aws-fixtures.js';
 import { startDirectBroker, type Harness } from '../support/harness.js';
-import { flood, hostileRequest, percentile, procStats, prng } from '../support/hostile.js';
+import { flood, hostileRequest, percentile, probeWhile, procStats, prng } from '../support/hostile.js';
 import { binCommand, capture, spawnTracked, stopProcess, tempDir, waitFor } from '../support/procs.js';
 
 const SEED = Number(process.env.SHED_FUZZ_SEED ?? 0xa55);
@@ -38,20 +38,7 @@ describe('a hostile process against the guest AWS endpoint', function () {
     return performance.now() - t0;
   };
 
-  async function whileSdk<T>(attack: () => Promise<T>): Promise<{ result: T; latencies: number[] }> {
-    const latencies: number[] = [];
-    let done = false;
-    const probing = (async () => {
-      // At least 20 asks: some attacks are over (or still being worked through) in a moment.
-      while (!done || latencies.length < 20) {
-        latencies.push(await sdkAsks());
-        await new Promise((r) => setTimeout(r, 25));
-      }
-    })();
-    const result = await attack().finally(() => (done = true));
-    await probing;
-    return { result, latencies };
-  }
+  const whileSdk = <T>(attack: () => Promise<T>) => probeWhile(attack, sdkAsks);
 
   function served(latencies: number[]): void {
     expect(latencies.length).to.be.above(3);

@@ -10,7 +10,7 @@ import { expect } from 'chai';
 import net from 'node:net';
 import path from 'node:path';
 import { BusClient, BusError } from '../../guest-services/bus-client.js';
-import { auditOf, fdKinds, flood, hostileRequest, percentile, procStats, prng, publishRequest, startBrokerProcess, type BrokerProcess } from '../support/hostile.js';
+import { auditOf, fdKinds, flood, hostileRequest, percentile, probeWhile, procStats, prng, publishRequest, startBrokerProcess, type BrokerProcess } from '../support/hostile.js';
 import { tempDir, waitFor } from '../support/procs.js';
 import { makeKey, startRealAgent, type RealAgent } from '../support/sshd.js';
 
@@ -34,19 +34,11 @@ describe('a hostile guest on its direct socket', function () {
 
   /** Run `attack` while alice asks every 25 ms; her latencies, and the broker's peak memory. */
   async function whileAlice<T>(attack: () => Promise<T>): Promise<{ result: T; latencies: number[]; peakRssMb: number }> {
-    const latencies: number[] = [];
     let peakRssMb = 0;
-    let done = false;
-    const probing = (async () => {
-      // At least 20 asks: some attacks are over (or still being worked through) in a moment.
-      while (!done || latencies.length < 20) {
-        latencies.push(await aliceAnswers());
-        peakRssMb = Math.max(peakRssMb, procStats(broker.pid).rssMb);
-        await new Promise((r) => setTimeout(r, 25));
-      }
-    })();
-    const result = await attack().finally(() => (done = true));
-    await probing;
+    const { result, latencies } = await probeWhile(attack, async () => {
+      await aliceAnswers();
+      peakRssMb = Math.max(peakRssMb, procStats(broker.pid).rssMb);
+    });
     return { result, latencies, peakRssMb };
   }
 

@@ -14,7 +14,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { v7 as uuidv7 } from 'uuid';
 import { BusClient } from '../../guest-services/bus-client.js';
-import { auditOf, percentile, procStats, startBrokerProcess, type BrokerProcess } from '../support/hostile.js';
+import { auditOf, percentile, probeWhile, procStats, startBrokerProcess, type BrokerProcess } from '../support/hostile.js';
 import { tempDir, waitFor } from '../support/procs.js';
 import { makeKey, startRealAgent, type RealAgent } from '../support/sshd.js';
 
@@ -108,17 +108,7 @@ describe('a hostile shed-server stream', function () {
 
   /** Alice asks every 25 ms while the attack runs, and at least 40 times (the broker works through a burst after it is sent). */
   async function whileAlice(attack: () => Promise<unknown>): Promise<number[]> {
-    const latencies: number[] = [];
-    let done = false;
-    const probing = (async () => {
-      while (!done || latencies.length < 40) {
-        latencies.push(await aliceAnswers());
-        await new Promise((r) => setTimeout(r, 25));
-      }
-    })();
-    await attack().finally(() => (done = true));
-    await probing;
-    expect(latencies.length).to.be.above(3);
+    const { latencies } = await probeWhile(attack, aliceAnswers, 40);
     expect(percentile(latencies, 0.9), `alice's p90 (ms) of ${latencies.length}`).to.be.below(100);
     return latencies;
   }

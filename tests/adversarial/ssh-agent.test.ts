@@ -14,8 +14,9 @@ import path from 'node:path';
 import { createSshHandler } from '../../host-broker/ssh/handler.js';
 import { memoryLogger } from '../../protocol/log.js';
 import { startDirectBroker, type Harness } from '../support/harness.js';
-import { percentile, procStats, prng } from '../support/hostile.js';
+import { percentile, probeWhile, procStats, prng } from '../support/hostile.js';
 import { binCommand, capture, spawnTracked, stopProcess, tempDir, waitFor } from '../support/procs.js';
+import { agentMessage as msg, agentString as str } from '../support/sk-agent.js';
 import { makeKey, startRealAgent, type RealAgent } from '../support/sshd.js';
 
 const SEED = Number(process.env.SHED_FUZZ_SEED ?? 0x55a9);
@@ -23,20 +24,6 @@ const SEED = Number(process.env.SHED_FUZZ_SEED ?? 0x55a9);
 type Rand = () => number;
 const int = (r: Rand, n: number) => Math.floor(r() * n);
 const pick = <T>(r: Rand, items: readonly T[]): T => items[int(r, items.length)]!;
-
-function str(b: Buffer | string): Buffer {
-  const body = typeof b === 'string' ? Buffer.from(b) : b;
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(body.length);
-  return Buffer.concat([len, body]);
-}
-
-function msg(type: number, body: Buffer): Buffer {
-  const head = Buffer.alloc(5);
-  head.writeUInt32BE(body.length + 1);
-  head[4] = type;
-  return Buffer.concat([head, body]);
-}
 
 const bytes = (r: Rand, n: number) => Buffer.from(Array.from({ length: n }, () => int(r, 256)));
 
@@ -150,14 +137,6 @@ describe('a hostile process against the guest SSH agent', function () {
     const r = prng(SEED);
     let sent = 0;
     let checked = 0;
-    const latencies: number[] = [];
-    let done = false;
-    const probing = (async () => {
-      while (!done || latencies.length < 20) {
-        latencies.push(await listKeys());
-        await new Promise((res) => setTimeout(res, 25));
-      }
-    })();
 
     const connection = async () => {
       const messages: ReturnType<typeof generate>[] = [];
@@ -198,11 +177,9 @@ describe('a hostile process against the guest SSH agent', function () {
       else expect(replies).to.be.at.most(whole);
       checked += 1;
     };
-    await Promise.all(Array.from({ length: 16 }, async () => {
+    const { latencies } = await probeWhile(() => Promise.all(Array.from({ length: 16 }, async () => {
       while (sent < 10_000) await connection();
-    }));
-    done = true;
-    await probing;
+    })), listKeys);
 
     expect(sent).to.equal(10_000);
     expect(checked).to.be.above(500);

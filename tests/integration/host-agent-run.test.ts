@@ -6,6 +6,11 @@ import { BusClient } from '../../guest-services/bus-client.js';
 import { VERSION } from '../../protocol/version.js';
 import { binCommand, capture, REPO_ROOT, run, spawnTracked, stopProcess, tempDir, waitFor } from '../support/procs.js';
 
+/** A policy with direct sockets in `dir/socks` and the audit log in `dir/audit`, then `lines`. */
+function directPolicy(dir: string, lines: string[]): string {
+  return writePolicy(dir, ['version: 1', `direct: { sockets_dir: ${path.join(dir, 'socks')} }`, `audit: { dir: ${path.join(dir, 'audit')} }`, ...lines, ''].join('\n'));
+}
+
 function writePolicy(dir: string, body: string): string {
   const file = path.join(dir, 'extensions.yaml');
   fs.writeFileSync(file, body, { mode: 0o600 });
@@ -17,15 +22,7 @@ describe('shed-host-agent run', () => {
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       const dir = tempDir('shed-r');
       const socks = path.join(dir, 'socks');
-      const config = writePolicy(dir, [
-        'version: 1',
-        `direct: { sockets_dir: ${socks} }`,
-        `audit: { dir: ${path.join(dir, 'audit')} }`,
-        'sheds:',
-        '  alpha: {}',
-        '  beta: {}',
-        '',
-      ].join('\n'));
+      const config = directPolicy(dir, ['sheds:', '  alpha: {}', '  beta: {}']);
       const [cmd, args] = binCommand('shed-host-agent', ['run', '--config', config]);
       const child = spawnTracked(cmd, args, { env: { ...process.env, HOME: dir, SSH_AUTH_SOCK: '' } });
       const out = capture(child);
@@ -52,16 +49,8 @@ describe('shed-host-agent run', () => {
   it('starts all or nothing: a part that fails stops what had started, removes its sockets, and exits 1 with the reason', async () => {
     const dir = tempDir('shed-r');
     const socks = path.join(dir, 'socks');
-    const config = writePolicy(dir, [
-      'version: 1',
-      `direct: { sockets_dir: ${socks} }`,
-      `audit: { dir: ${path.join(dir, 'audit')} }`,
-      // The direct sockets start first; the shed-server transport then fails on its token file.
-      `server: { url: http://127.0.0.1:9, token_file: ${path.join(dir, 'missing-token')} }`,
-      'sheds:',
-      '  alpha: {}',
-      '',
-    ].join('\n'));
+    // The direct sockets start first; the shed-server transport then fails on its token file.
+    const config = directPolicy(dir, [`server: { url: http://127.0.0.1:9, token_file: ${path.join(dir, 'missing-token')} }`, 'sheds:', '  alpha: {}']);
     const [cmd, args] = binCommand('shed-host-agent', ['run', '--config', config]);
     const res = await run(cmd, args, { env: { ...process.env, HOME: dir, SSH_AUTH_SOCK: '' }, timeoutMs: 20_000 });
     expect(res.code, res.stderr).to.equal(1);
@@ -78,15 +67,7 @@ describe('shed-host-agent run', () => {
     const silent = net.createServer(() => undefined);
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
     try {
-      const config = writePolicy(dir, [
-        'version: 1',
-        `direct: { sockets_dir: ${socks} }`,
-        `audit: { dir: ${path.join(dir, 'audit')} }`,
-        `server: { url: 'http://127.0.0.1:${(silent.address() as net.AddressInfo).port}' }`,
-        'sheds:',
-        '  alpha: {}',
-        '',
-      ].join('\n'));
+      const config = directPolicy(dir, [`server: { url: 'http://127.0.0.1:${(silent.address() as net.AddressInfo).port}' }`, 'sheds:', '  alpha: {}']);
       const [cmd, args] = binCommand('shed-host-agent', ['run', '--config', config]);
       const child = spawnTracked(cmd, args, { env: { ...process.env, HOME: dir, SSH_AUTH_SOCK: '' } });
       const out = capture(child);

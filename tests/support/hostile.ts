@@ -350,6 +350,28 @@ export function auditOf(auditDir: string, shed: string): Array<Record<string, un
   return files.flatMap((f) => fs.readFileSync(f, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>));
 }
 
+/**
+ * Run `attack` while a well-behaved client asks (`probe`, timed) every
+ * 25 ms, and at least `min` times (some attacks are over, or still being
+ * worked through, in a moment). Resolves with the attack's result and the
+ * client's latencies in milliseconds.
+ */
+export async function probeWhile<T>(attack: () => Promise<T>, probe: () => Promise<unknown>, min = 20): Promise<{ result: T; latencies: number[] }> {
+  const latencies: number[] = [];
+  let done = false;
+  const probing = (async () => {
+    while (!done || latencies.length < min) {
+      const t0 = performance.now();
+      await probe();
+      latencies.push(performance.now() - t0);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  })();
+  const result = await attack().finally(() => (done = true));
+  await probing;
+  return { result, latencies };
+}
+
 /** p-th percentile of `samples` (0..1). */
 export function percentile(samples: number[], p: number): number {
   const s = [...samples].sort((a, b) => a - b);

@@ -24,14 +24,16 @@ export const SK_TYPE = 'sk-ssh-ed25519@openssh.com';
 const APPLICATION = 'ssh:';
 const USER_PRESENT = 0x01;
 
-function str(b: Buffer | string): Buffer {
+/** RFC 4251 string, written here without the project's codec. */
+export function agentString(b: Buffer | string): Buffer {
   const body = typeof b === 'string' ? Buffer.from(b) : b;
   const len = Buffer.alloc(4);
   len.writeUInt32BE(body.length);
   return Buffer.concat([len, body]);
 }
 
-function message(type: number, body: Buffer): Buffer {
+/** An agent message (uint32 length, byte type, body), written here without the project's codec. */
+export function agentMessage(type: number, body: Buffer): Buffer {
   const head = Buffer.alloc(5);
   head.writeUInt32BE(body.length + 1);
   head[4] = type;
@@ -51,7 +53,7 @@ export interface SkAgent {
 export async function startSkAgent(sock: string, comment = 'security-key@test'): Promise<SkAgent> {
   const { privateKey, publicKey } = crypto.generateKeyPairSync('ed25519');
   const raw = Buffer.from(publicKey.export({ format: 'jwk' }).x!, 'base64url');
-  const blob = Buffer.concat([str(SK_TYPE), str(raw), str(APPLICATION)]);
+  const blob = Buffer.concat([agentString(SK_TYPE), agentString(raw), agentString(APPLICATION)]);
   const signatures: Buffer[] = [];
   let counter = 0;
   const sha256 = (b: Buffer) => crypto.createHash('sha256').update(b).digest();
@@ -60,24 +62,24 @@ export async function startSkAgent(sock: string, comment = 'security-key@test'):
     if (type === 11) {
       const n = Buffer.alloc(4);
       n.writeUInt32BE(1);
-      return message(12, Buffer.concat([n, str(blob), str(comment)]));
+      return agentMessage(12, Buffer.concat([n, agentString(blob), agentString(comment)]));
     }
     if (type === 13) {
       const keyLen = body.readUInt32BE(0);
       const key = body.subarray(4, 4 + keyLen);
       const dataLen = body.readUInt32BE(4 + keyLen);
       const data = body.subarray(8 + keyLen, 8 + keyLen + dataLen);
-      if (!key.equals(blob)) return message(5, Buffer.alloc(0));
+      if (!key.equals(blob)) return agentMessage(5, Buffer.alloc(0));
       counter += 1;
       const tail = Buffer.alloc(5);
       tail[0] = USER_PRESENT;
       tail.writeUInt32BE(counter, 1);
       const signed = Buffer.concat([sha256(Buffer.from(APPLICATION)), tail, sha256(data)]);
-      const sig = Buffer.concat([str(SK_TYPE), str(crypto.sign(null, signed, privateKey)), tail]);
+      const sig = Buffer.concat([agentString(SK_TYPE), agentString(crypto.sign(null, signed, privateKey)), tail]);
       signatures.push(sig);
-      return message(14, str(sig));
+      return agentMessage(14, agentString(sig));
     }
-    return message(5, Buffer.alloc(0));
+    return agentMessage(5, Buffer.alloc(0));
   };
 
   const server = net.createServer((s) => {
