@@ -26,8 +26,7 @@ import type { AgentClientOptions } from './agent-client.js';
 import { SshBackends, type Identity, type SshBackend } from './backends.js';
 import { MAX_SESSION_ID, SessionBindings, verifySessionSignature } from './bindings.js';
 import { hostKeyDecision, keyDecision, signingNamespaceDecision } from './rules.js';
-import { blobType, describeKey, fingerprint, keyFingerprint, looksLikeSshsig, parseSshsigNamespace, parseUserAuthRequest } from './wire.js';
-import { parseCertificate } from '../../protocol/ssh-wire.js';
+import { blobType, describeKey, fingerprint, keyFingerprint, looksLikeSshsig, parseCertificate, parseSshsigNamespace, parseUserAuthRequest } from './wire.js';
 
 const NS = 'ssh-agent';
 const signRequest = compiledOnceHot(SshSignRequest);

@@ -8,7 +8,7 @@
 import { WireReader } from '../../protocol/ssh-wire.js';
 
 export {
-  blobType, describeKey, encodeSignature, fingerprint, keyFingerprint, parseSignature, sshString, WireError, WireReader, type WireSignature,
+  blobType, describeKey, encodeSignature, fingerprint, keyFingerprint, parseCertificate, parseSignature, sshString, WireError, WireReader, type WireSignature,
 } from '../../protocol/ssh-wire.js';
 
 const SSH2_MSG_USERAUTH_REQUEST = 50;
