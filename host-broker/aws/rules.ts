@@ -55,6 +55,15 @@ export function sessionPolicyText(policy: EffectiveAws['session_policy']): strin
  * takes effect on the next request.
  */
 export function awsPolicyHash(aws: EffectiveAws): string {
+  // A shed's effective policy is made once per policy load (Policy.resolve caches it): so is its hash.
+  let hash = policyHashes.get(aws);
+  if (hash === undefined) policyHashes.set(aws, (hash = computePolicyHash(aws)));
+  return hash;
+}
+
+const policyHashes = new WeakMap<EffectiveAws, string>();
+
+function computePolicyHash(aws: EffectiveAws): string {
   const shape = {
     role: aws.role ?? null,
     source_profile: aws.source_profile,
