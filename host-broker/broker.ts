@@ -20,7 +20,7 @@ import { expandHome } from './policy/effective.js';
 import type { Policy } from './policy/policy.js';
 import { DEFAULT_CONNECTIONS_PER_SHED, DirectSockets } from './transports/direct-sockets.js';
 import { ShedServerTransport, type ShedServerTimings } from './transports/shed-server.js';
-import type { Reply, Transport } from './transports/transport.js';
+import { envelopeOf, type Reply, type Transport } from './transports/transport.js';
 import { FairTurns } from './turns.js';
 
 export interface BrokerOptions {
@@ -149,10 +149,15 @@ export class Broker {
     for (const transport of transports) {
       // Kept before it starts, so a start that fails half-way is stopped too.
       this.transports.push(transport);
-      await transport.start((envelope, shed, reply, options) => {
+      await transport.start((request, shed, reply, options) => {
         // Each shed in its own turns (turns.ts): a burst of one delays the others by a few requests at most.
-        const queued = turns.run(shed, () => answer(shed, reply, dispatcher.dispatch(envelope, shed, options)));
-        if (!queued) answer(shed, reply, dispatcher.overloaded(envelope, shed, options));
+        const queued = turns.run(shed, () => {
+          const envelope = envelopeOf(request);
+          if (envelope) answer(shed, reply, dispatcher.dispatch(envelope, shed, options));
+        });
+        if (queued) return;
+        const envelope = envelopeOf(request);
+        if (envelope) answer(shed, reply, dispatcher.overloaded(envelope, shed, options));
       });
       if (this.stopRequested) throw new Error('stopped while starting');
       log.info(`listening: ${transport.description}`);

@@ -17,7 +17,7 @@ import type http from 'node:http';
 import type net from 'node:net';
 import path from 'node:path';
 import { PUBLISH_API_STATUS, PublishApiCode } from '../../protocol/codes.js';
-import { AGENT_WAIT_LIMIT_MS, apiErrorBody, isShedName, MAX_BODY_BYTES, MAX_NAMESPACE_LENGTH, type Payload } from '../../protocol/envelope.js';
+import { AGENT_WAIT_LIMIT_MS, apiErrorBody, isShedName, MAX_BODY_BYTES, MAX_NAMESPACE_LENGTH, type Envelope, type Payload } from '../../protocol/envelope.js';
 import { ByteBudget, createHardenedServer, DEFAULT_HTTP_LIMITS, sendJson, type BufferedRequest } from '../../protocol/http-server.js';
 import { LogThrottle, type Logger } from '../../protocol/log.js';
 import { requestEnvelope, responseEnvelope } from '../../protocol/messages.js';
@@ -221,40 +221,6 @@ export class DirectSockets implements Transport {
       reply(errorAnswer(PublishApiCode.SHUTTING_DOWN, 'the host broker is stopping'));
       return;
     }
-    let body: unknown;
-    try {
-      body = JSON.parse(req.rawBody.toString('utf8'));
-    } catch {
-      reply(errorAnswer(PublishApiCode.INVALID_BODY, 'the body is not JSON'));
-      return;
-    }
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) {
-      reply(errorAnswer(PublishApiCode.INVALID_BODY, 'the body must be a JSON object'));
-      return;
-    }
-    const { namespace, type = 'request', payload = {} } = body as Record<string, unknown>;
-    if (typeof namespace !== 'string' || namespace === '') {
-      reply(errorAnswer(PublishApiCode.MISSING_NAMESPACE, 'the body has no namespace'));
-      return;
-    }
-    if (namespace.length > MAX_NAMESPACE_LENGTH) {
-      reply(errorAnswer(PublishApiCode.INVALID_BODY, `namespace is longer than ${MAX_NAMESPACE_LENGTH} characters`));
-      return;
-    }
-    if (type !== 'request' && type !== 'event') {
-      reply(errorAnswer(PublishApiCode.INVALID_TYPE, 'type must be "request" or "event"'));
-      return;
-    }
-    if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) {
-      reply(errorAnswer(PublishApiCode.INVALID_BODY, 'payload must be a JSON object'));
-      return;
-    }
-    const envelope = requestEnvelope(namespace, payload as Payload, { name: shed, backend: 'direct-socket' }, type);
-    if (type === 'event') {
-      reply({ status: 202 });
-      this.sink(envelope, shed, async () => undefined, FRESH);
-      return;
-    }
     const pending = served.pending;
     const answer = (a: Answer) => {
       clearTimeout(timer);
@@ -267,7 +233,46 @@ export class DirectSockets implements Transport {
       clearTimeout(timer);
       pending.delete(answer);
     });
-    this.sink(envelope, shed, async (payload) => answer({ status: 200, body: responseEnvelope(envelope, payload) }), FRESH);
+    // The body is parsed in the shed's turn, not here: a shed's 64 connections
+    // all ready at once would otherwise parse up to 64 MiB of JSON in one go.
+    let envelope: Envelope | undefined;
+    const open = (): Envelope | undefined => {
+      envelope = this.envelopeOf(shed, req.rawBody, answer);
+      if (envelope?.type === 'event') answer({ status: 202 });
+      return envelope;
+    };
+    this.sink(open, shed, async (payload) => answer({ status: 200, body: responseEnvelope(envelope!, payload) }), FRESH);
+  }
+
+  /** The envelope a publish body makes, or undefined when the body was refused (answered with the reason). */
+  private envelopeOf(shed: string, raw: Buffer, answer: (a: Answer) => void): Envelope | undefined {
+    const refuse = (code: PublishApiCode, message: string) => {
+      answer(errorAnswer(code, message));
+      return undefined;
+    };
+    let body: unknown;
+    try {
+      body = JSON.parse(raw.toString('utf8'));
+    } catch {
+      return refuse(PublishApiCode.INVALID_BODY, 'the body is not JSON');
+    }
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+      return refuse(PublishApiCode.INVALID_BODY, 'the body must be a JSON object');
+    }
+    const { namespace, type = 'request', payload = {} } = body as Record<string, unknown>;
+    if (typeof namespace !== 'string' || namespace === '') {
+      return refuse(PublishApiCode.MISSING_NAMESPACE, 'the body has no namespace');
+    }
+    if (namespace.length > MAX_NAMESPACE_LENGTH) {
+      return refuse(PublishApiCode.INVALID_BODY, `namespace is longer than ${MAX_NAMESPACE_LENGTH} characters`);
+    }
+    if (type !== 'request' && type !== 'event') {
+      return refuse(PublishApiCode.INVALID_TYPE, 'type must be "request" or "event"');
+    }
+    if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) {
+      return refuse(PublishApiCode.INVALID_BODY, 'payload must be a JSON object');
+    }
+    return requestEnvelope(namespace, payload as Payload, { name: shed, backend: 'direct-socket' }, type);
   }
 }
 

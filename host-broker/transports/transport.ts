@@ -14,7 +14,20 @@ export type Reply = (payload: Payload) => Promise<void>;
  * checked body); the dispatcher checks what policy and the handlers decide.
  * `reply` is not called for requests that must go unanswered.
  */
-export type RequestSink = (envelope: Envelope, shed: string, reply: Reply, options?: SinkOptions) => void;
+export type RequestSink = (request: Incoming, shed: string, reply: Reply, options?: SinkOptions) => void;
+
+/**
+ * A request's envelope, or the transport's check that makes one from the raw
+ * body. The broker runs a check in the shed's turn (turns.ts), so that the
+ * cost of parsing a burst of large bodies falls on that shed's turns, not on
+ * every shed's; it returns undefined when it refused the body (and answered).
+ */
+export type Incoming = Envelope | (() => Envelope | undefined);
+
+/** The envelope of a request, checking it now if the transport deferred that. */
+export function envelopeOf(request: Incoming): Envelope | undefined {
+  return typeof request === 'function' ? request() : request;
+}
 
 export interface SinkOptions {
   /** The transport made the envelope's id itself (a direct socket): it cannot be a re-delivery or a replay. */

@@ -15,6 +15,7 @@ import path from 'node:path';
 import { BusClient, BusError, HOST_AGENT_START_HINT, parsePublishUrl } from '../../guest-services/bus-client.js';
 import type { NamespaceHandler, RequestContext } from '../../host-broker/handler.js';
 import { ShedServerTransport } from '../../host-broker/transports/shed-server.js';
+import { envelopeOf } from '../../host-broker/transports/transport.js';
 import { Envelope, type Payload } from '../../protocol/envelope.js';
 import { memoryLogger } from '../../protocol/log.js';
 import { newId, nowTimestamp } from '../../protocol/messages.js';
@@ -366,8 +367,8 @@ describe('the shed-server transport against a scripted server', () => {
     const log = memoryLogger('shed-host-agent');
     const transport = new ShedServerTransport({ url: s.url, namespaces: ['ssh-agent'], log, timings: { respondRetryMs: [20, 20, 20] } });
     const replied = new Promise<void>((resolve, reject) => {
-      void transport.start((envelope, shed, reply) => {
-        expect([envelope.id, shed]).to.deep.equal([request.id, 'alpha']);
+      void transport.start((incoming, shed, reply) => {
+        expect([envelopeOf(incoming)?.id, shed]).to.deep.equal([request.id, 'alpha']);
         reply({ ok: true }).then(resolve, reject);
       });
     });
