@@ -22,6 +22,7 @@ import { DEFAULT_CONNECTIONS_PER_SHED, DirectSockets } from './transports/direct
 import { ShedServerTransport, type ShedServerTimings } from './transports/shed-server.js';
 import { envelopeOf, type Reply, type Transport } from './transports/transport.js';
 import { FairTurns } from './turns.js';
+import { DEFAULT_SERVER, shedKey, VIA_DIRECT, type ShedOrigin } from './origin.js';
 
 export interface BrokerOptions {
   /** Reads and validates the policy; called at start and on every reload. Throws PolicyError when invalid. */
@@ -149,15 +150,18 @@ export class Broker {
     for (const transport of transports) {
       // Kept before it starts, so a start that fails half-way is stopped too.
       this.transports.push(transport);
-      await transport.start((request, shed, reply, options) => {
+      const via = transport === this.direct ? VIA_DIRECT : DEFAULT_SERVER;
+      await transport.start((request, name, reply, options) => {
+        const origin: ShedOrigin = { name, via };
+        const shed = shedKey(origin);
         // Each shed in its own turns (turns.ts): a burst of one delays the others by a few requests at most.
         const queued = turns.run(shed, () => {
           const envelope = envelopeOf(request);
-          if (envelope) answer(shed, reply, dispatcher.dispatch(envelope, shed, options));
+          if (envelope) answer(shed, reply, dispatcher.dispatch(envelope, origin, options));
         });
         if (queued) return;
         const envelope = envelopeOf(request);
-        if (envelope) answer(shed, reply, dispatcher.overloaded(envelope, shed, options));
+        if (envelope) answer(shed, reply, dispatcher.overloaded(envelope, origin, options));
       });
       if (this.stopRequested) throw new Error('stopped while starting');
       log.info(`listening: ${transport.description}`);

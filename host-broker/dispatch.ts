@@ -16,6 +16,7 @@ import type { EffectiveShed } from './policy/effective.js';
 import { shedDecision } from './policy/decide.js';
 import type { Policy } from './policy/policy.js';
 import type { SinkOptions } from './transports/transport.js';
+import { directShed, shedKey, type ShedOrigin } from './origin.js';
 
 /**
  * Decides an approval for one request. Resolves with how it was approved;
@@ -45,6 +46,9 @@ export interface DispatcherOptions {
 
 /** Allowed clock difference between a guest and the host for request ids. */
 export const MAX_CLOCK_SKEW_MS = 60_000;
+
+/** Who asked for what: the part of an audit line known before the request is served. */
+type AuditBase = Pick<AuditEntry, 'shed' | 'server' | 'ns' | 'op' | 'request_id'>;
 
 /** An audit line before its time stamp, with the error code of a denial. */
 type AuditRecord = Omit<AuditEntry, 'ts'> & { code?: string };
@@ -78,15 +82,19 @@ export class Dispatcher {
    * direct sockets build theirs from a checked publish body); its id's time
    * and uniqueness, the policy and the payload are checked here.
    * Resolves with the response payload, or undefined when nothing must be
-   * answered (an event, a response, a repeated request id).
+   * answered (an event, a response, a repeated request id). A bare name is a
+   * shed of the direct sockets.
    */
-  async dispatch(envelope: Envelope, shed: string, options: SinkOptions = {}): Promise<Payload | undefined> {
+  async dispatch(envelope: Envelope, from: ShedOrigin | string, options: SinkOptions = {}): Promise<Payload | undefined> {
+    const origin = typeof from === 'string' ? directShed(from) : from;
+    // Every per-shed state and every log line goes by the key: `alice`, or `alice@mini2` for a named server's shed.
+    const shed = shedKey(origin);
     if (envelope.type !== 'request') {
       this.options.log.debug(`shed ${shed}: ignoring ${envelope.type} on ${printable(envelope.namespace, 64)}`);
       return undefined;
     }
     const operation = typeof envelope.payload.operation === 'string' ? envelope.payload.operation : '';
-    const base = this.auditBase(envelope, shed, operation);
+    const base = this.auditBase(envelope, origin, operation);
 
     // An id the transport made itself (a direct socket) is new and now by construction.
     const dated = options.freshId ? undefined : this.checkIdTime(envelope.id);
@@ -109,7 +117,7 @@ export class Dispatcher {
     // One policy for the whole request, even if a reload lands meanwhile.
     const current = this.options.policy();
     // The shed-level verdict is shared with `shed-host-agent explain`.
-    const verdict = shedDecision(current, shed, envelope.namespace, this.handlers.has(envelope.namespace));
+    const verdict = shedDecision(current, origin, envelope.namespace, this.handlers.has(envelope.namespace));
     if (!verdict.allowed || !verdict.shed) {
       return deny(verdict.code ?? CommonCode.SHED_NOT_ALLOWED, verdict.message ?? verdict.rule);
     }
@@ -130,12 +138,14 @@ export class Dispatcher {
    * re-delivery is not answered a second time. Undefined when nothing must
    * be answered (an event, a repeated id).
    */
-  async overloaded(envelope: Envelope, shed: string, options: SinkOptions = {}): Promise<Payload | undefined> {
+  async overloaded(envelope: Envelope, from: ShedOrigin | string, options: SinkOptions = {}): Promise<Payload | undefined> {
+    const origin = typeof from === 'string' ? directShed(from) : from;
+    const shed = shedKey(origin);
     if (envelope.type !== 'request' || (!options.freshId && !this.dedupe.take(shed, envelope.id))) return undefined;
     const operation = typeof envelope.payload.operation === 'string' ? envelope.payload.operation : '';
     const code = CommonCode.RATE_LIMITED;
     await this.record({
-      ...this.auditBase(envelope, shed, operation),
+      ...this.auditBase(envelope, origin, operation),
       result: 'denied',
       detail: 'too many requests waiting for their turn',
       approval: 'none',
@@ -150,7 +160,7 @@ export class Dispatcher {
     namespace: Namespace,
     operation: string,
     envelope: Envelope,
-    base: Pick<AuditEntry, 'shed' | 'ns' | 'op' | 'request_id'>,
+    base: AuditBase,
     auditRequired: boolean,
   ): Promise<Payload> {
     const quiet = QUIET_OPERATIONS.has(operation);
@@ -234,10 +244,11 @@ export class Dispatcher {
   }
 
   /** Who asked for what, as an audit line names it: what the guest named is written as it is only when this broker knows it. */
-  private auditBase(envelope: Envelope, shed: string, operation: string): Pick<AuditEntry, 'shed' | 'ns' | 'op' | 'request_id'> {
+  private auditBase(envelope: Envelope, origin: ShedOrigin, operation: string): AuditBase {
     const known = this.handlers.get(envelope.namespace)?.operations;
     return {
-      shed,
+      shed: shedKey(origin),
+      server: origin.via,
       ns: auditName(envelope.namespace, this.handlers.has(envelope.namespace)),
       op: operation ? auditName(operation, known ? operation === 'ping' || known.includes(operation) : isOperation(envelope.namespace, operation)) : '(none)',
       request_id: envelope.id,

@@ -24,7 +24,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { isShedName } from '../../protocol/envelope.js';
+import { isShedKey } from '../origin.js';
 import type { Logger } from '../../protocol/log.js';
 import { auditLine, type AuditEntry, type AuditSink } from './audit.js';
 
@@ -265,9 +265,9 @@ const MAX_KNOWN_FILES = 4096;
 /** A shed's file is closed after this long without a line. */
 const IDLE_CLOSE_MS = 60_000;
 
-/** The file a shed's lines go to: `<shed>.log`; anything that is not a shed name shares `_other.log`. */
+/** The file a shed's lines go to: `<shed>.log` (`<shed>@<server>.log` for a named server's); anything that is not a shed key shares `_other.log`. */
 export function shedLogName(shed: string): string {
-  return `${isShedName(shed) ? shed : '_other'}.log`;
+  return `${isShedKey(shed) ? shed : '_other'}.log`;
 }
 
 /** The per-shed audit files in one directory (see the top of this file). */

@@ -13,7 +13,10 @@ import type { ApprovalOutcome, AuditResult } from '../handler.js';
 
 export interface AuditEntry {
   ts: string;
+  /** The shed's key (origin.ts): `alice`, or `alice@mini2` for a shed of a named server. */
   shed: string;
+  /** How the request arrived: `direct`, `default` (the top-level server) or a named server. Absent in lines of earlier versions. */
+  server?: string;
   ns: string;
   op: string;
   result: AuditResult;
@@ -27,6 +30,9 @@ export interface AuditEntry {
 /** The fields of a line, in the order they are written (a summary line adds `count`). */
 export const AUDIT_FIELDS = ['ts', 'shed', 'ns', 'op', 'result', 'detail', 'approval', 'request_id'] as const;
 
+/** The longest `server` a line keeps. */
+const SERVER_LIMIT = 64;
+
 /** The most characters of each field a line keeps (then `…`). */
 export const FIELD_LIMITS: Record<(typeof AUDIT_FIELDS)[number], number> = {
   ts: 32, shed: 64, ns: 64, op: 64, result: 16, detail: 1024, approval: 16, request_id: 64,
@@ -38,7 +44,10 @@ export const SUMMARY_OP = '(summary)';
 /** One audit line (with its newline): fields in AUDIT_FIELDS order, each bounded and printable. */
 export function auditLine(entry: AuditEntry): string {
   const ordered: Record<string, string | number> = {};
-  for (const field of AUDIT_FIELDS) ordered[field] = printable(String(entry[field] ?? ''), FIELD_LIMITS[field]);
+  for (const field of AUDIT_FIELDS) {
+    ordered[field] = printable(String(entry[field] ?? ''), FIELD_LIMITS[field]);
+    if (field === 'shed' && entry.server !== undefined) ordered.server = printable(entry.server, SERVER_LIMIT);
+  }
   if (entry.count !== undefined) ordered.count = entry.count;
   return `${JSON.stringify(ordered)}\n`;
 }
@@ -64,6 +73,7 @@ export function parseAuditLine(line: string): AuditEntry | undefined {
   const record = value as Record<string, unknown>;
   for (const field of AUDIT_FIELDS) if (typeof record[field] !== 'string') return undefined;
   if (record.count !== undefined && typeof record.count !== 'number') return undefined;
+  if (record.server !== undefined && typeof record.server !== 'string') return undefined;
   if (Number.isNaN(Date.parse(record.ts as string))) return undefined;
   return record as unknown as AuditEntry;
 }

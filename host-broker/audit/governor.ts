@@ -29,6 +29,8 @@ const MAX_KINDS = 8;
 
 interface ShedBudget {
   bucket: TokenBucket;
+  /** How the shed's requests arrive (the `server` of its lines). */
+  server?: string;
   /** Denials counted since the last summary, by `CODE ns op`. */
   kinds: Map<string, number>;
   suppressed: number;
@@ -63,7 +65,7 @@ export class AuditGovernor implements AuditSink {
     if (entry.result !== 'denied' || this.closed) return this.sink.write(entry);
     const perMinute = Math.max(1, this.options.denialsPerMinute(entry.shed));
     const budget = this.sheds.getOrCreate(entry.shed, () => ({
-      bucket: new TokenBucket(perMinute, perMinute, this.now()), kinds: new Map(), suppressed: 0, namespaces: new Set(),
+      bucket: new TokenBucket(perMinute, perMinute, this.now()), server: entry.server, kinds: new Map(), suppressed: 0, namespaces: new Set(),
     }));
     // Too many sheds at once with counts pending: write it rather than lose it.
     if (!budget) return this.sink.write(entry);
@@ -112,6 +114,7 @@ export class AuditGovernor implements AuditSink {
     return {
       ts: new Date(this.now()).toISOString(),
       shed,
+      ...(b.server !== undefined && { server: b.server }),
       ns,
       op: SUMMARY_OP,
       result: 'denied',

@@ -61,7 +61,7 @@ export function explain(policy: Policy, req: ExplainRequest, served: Served): Ex
     return d.allowed;
   };
 
-  const shed = shedDecision(policy, req.shed, req.namespace, served(req.namespace));
+  const shed = shedDecision(policy, { name: req.shed }, req.namespace, served(req.namespace));
   if (!step('shed', { allowed: shed.allowed, code: shed.code, rule: shed.rule }) || !shed.shed) return finish();
   const e = shed.shed;
   const op = req.operation;

@@ -8,6 +8,7 @@ import { isNamespace } from '../../protocol/envelope.js';
 import type { Decision } from '../handler.js';
 import { SECTION_OF, type EffectiveShed } from './effective.js';
 import type { Policy } from './policy.js';
+import { shedKey, type ShedOrigin } from '../origin.js';
 
 export interface ShedDecision extends Decision {
   /** The text the guest gets when refused. */
@@ -17,8 +18,9 @@ export interface ShedDecision extends Decision {
 }
 
 /** `served`: whether this broker has a handler for `namespace`. */
-export function shedDecision(policy: Policy, shed: string, namespace: string, served: boolean): ShedDecision {
-  const effective = policy.resolve(shed);
+export function shedDecision(policy: Policy, origin: Pick<ShedOrigin, 'name' | 'server'>, namespace: string, served: boolean): ShedDecision {
+  const shed = shedKey(origin);
+  const effective = policy.resolve(origin.name);
   if (!effective) {
     return {
       allowed: false,

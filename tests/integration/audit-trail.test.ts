@@ -92,8 +92,11 @@ for (const kind of ['direct', 'shed'] as TransportKind[]) {
       expect(text).not.to.include(SECRET);
       expect(h.log.lines.join('\n')).not.to.include(SECRET);
       const lines = text.split('\n').filter(Boolean);
-      for (const line of lines) expect(Object.keys(JSON.parse(line))).to.deep.equal([...AUDIT_FIELDS]);
+      // `server` follows `shed`: how the request arrived (the direct sockets, or the top-level server, `default`).
+      const [ts, shedField, ...rest] = AUDIT_FIELDS;
+      for (const line of lines) expect(Object.keys(JSON.parse(line))).to.deep.equal([ts, shedField, 'server', ...rest]);
       const entries = lines.map((l) => parseAuditLine(l)!);
+      for (const e of entries) expect(e.server).to.equal(kind === 'direct' ? 'direct' : 'default');
       expect(entries.map((e) => [e.shed, e.ns, e.op, e.result, e.detail, e.approval])).to.deep.equal([
         ['alpha', 'ssh-agent', 'list', 'ok', 'SHA256:listed', 'none'],
         ['alpha', 'ssh-agent', 'refuse', 'denied', 'SHA256:other', 'none'],

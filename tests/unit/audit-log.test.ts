@@ -1,7 +1,8 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
-import { AuditFile, AuditLog, auditFiles, auditLogFiles, SYNC_INTERVAL_MS } from '../../host-broker/audit/audit-log.js';
+import { AuditFile, AuditLog, auditFiles, auditLogFiles, shedLogName, SYNC_INTERVAL_MS } from '../../host-broker/audit/audit-log.js';
+import { isShedKey, shedKey } from '../../host-broker/origin.js';
 import { AUDIT_FIELDS, auditLine, parseAuditLine, type AuditEntry } from '../../host-broker/audit/audit.js';
 import { memoryLogger } from '../../protocol/log.js';
 import { tempDir } from '../support/procs.js';
@@ -251,5 +252,28 @@ describe('audit log: one file per shed', () => {
     await log.close();
     expect(readAll(path.join(dir, 'a', 'alpha.log'))).to.have.length(1);
     expect(readAll(path.join(dir, 'b', 'alpha.log'))).to.have.length(1);
+  });
+});
+
+describe('audit lines and files by shed key', () => {
+  it('writes `server` after `shed` and reads lines of earlier versions, which have none', () => {
+    const entry: AuditEntry = { ts: new Date().toISOString(), shed: 'alice@mini2', server: 'mini2', ns: 'ssh-agent', op: 'list', result: 'ok', detail: '', approval: 'none', request_id: 'r' };
+    const line = auditLine(entry);
+    expect(Object.keys(JSON.parse(line))).to.deep.equal(['ts', 'shed', 'server', ...AUDIT_FIELDS.slice(2)]);
+    expect(parseAuditLine(line)).to.deep.include({ shed: 'alice@mini2', server: 'mini2' });
+    const { server: _, ...old } = entry;
+    expect(parseAuditLine(auditLine({ ...old, shed: 'alice' }))).to.include({ shed: 'alice' }).and.not.have.property('server');
+    expect(parseAuditLine(line.replace('"server":"mini2"', '"server":7'))).to.equal(undefined);
+  });
+
+  it('gives a named server\'s shed its own file, and anything else _other.log', () => {
+    expect(shedLogName('alice')).to.equal('alice.log');
+    expect(shedLogName('alice@mini2')).to.equal('alice@mini2.log');
+    expect(shedKey({ name: 'alice', server: 'mini2' })).to.equal('alice@mini2');
+    expect(shedKey({ name: 'alice' })).to.equal('alice');
+    for (const bad of ['alice@', '@mini2', 'alice@mini2@x', 'alice@../x', 'Alice@mini2', '../alice']) {
+      expect(isShedKey(bad), bad).to.equal(false);
+      expect(shedLogName(bad)).to.equal('_other.log');
+    }
   });
 });
