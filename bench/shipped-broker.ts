@@ -25,7 +25,7 @@ export async function startShippedBroker(dir: string, policy: Record<string, unk
   fs.writeFileSync(config, JSON.stringify({ version: 1, direct: { sockets_dir: socks }, audit: { dir: auditDir }, ...policy }), { mode: 0o600 });
   const child = spawnTracked(process.execPath, [...nodeArgs, path.join(REPO_ROOT, 'dist/host-broker/cli/main.js'), 'run', '--config', config], { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
   const out = capture(child);
-  const socketPath = (name: string) => path.join(socks, `${name}.sock`);
+  const socketPath = (name: string) => path.join(socks, name, 'bus.sock');
   await waitFor(() => fs.existsSync(socketPath(shed)) || child.exitCode !== null, 20_000, 'shed-host-agent');
   if (child.exitCode !== null) throw new Error(`shed-host-agent exited: ${out.stderr()}`);
   return { child, out, auditDir, socketPath };

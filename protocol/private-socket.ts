@@ -43,13 +43,13 @@ async function removeStaleSocket(socketPath: string, options: PrivateSocketOptio
     return;
   }
   if (!st.isSocket()) throw new Error(options.notSocket);
-  if (await answers(socketPath)) throw new Error(options.live);
+  if (await socketAnswers(socketPath)) throw new Error(options.live);
   fs.unlinkSync(socketPath);
   options.onStale?.(socketPath);
 }
 
 /** Whether a process accepts connections on the socket (0.5 s at most). */
-function answers(socketPath: string): Promise<boolean> {
+export function socketAnswers(socketPath: string): Promise<boolean> {
   return new Promise((resolve) => {
     const sock = net.connect(socketPath);
     const done = (live: boolean) => {

@@ -1,9 +1,15 @@
 /**
  * The embedded transport: one unix socket per shed named in the policy,
- * `<sockets_dir>/<shed>.sock`, each serving shed-agent's `POST /v1/publish`
+ * `<sockets_dir>/<shed>/bus.sock`, each serving shed-agent's `POST /v1/publish`
  * API (PROTOCOL.md section 2) exactly. The socket a request arrives on is the
- * shed's identity: mounting that socket into a VM or container is the
- * capability, so sockets are 0600 in a 0700 directory.
+ * shed's identity: mounting it into a VM or container is the capability, so
+ * sockets are 0600 in 0700 directories.
+ *
+ * Each shed has a directory of its own, kept across restarts, so that a
+ * container can mount the directory: a restart binds a new socket file, which
+ * a mount of the file itself would not see, but a mount of the directory
+ * does. `<sockets_dir>/<shed>.sock`, where earlier versions bound the socket,
+ * is a link to it for a release.
  *
  * HTTP is node:http with every limit set (protocol/http-server.ts). Each
  * shed's socket takes at most `limits.max_connections` connections (64) and
@@ -21,8 +27,11 @@ import { AGENT_WAIT_LIMIT_MS, apiErrorBody, isShedName, MAX_BODY_BYTES, MAX_NAME
 import { ByteBudget, createHardenedServer, DEFAULT_HTTP_LIMITS, sendJson, type BufferedRequest } from '../../protocol/http-server.js';
 import { LogThrottle, type Logger } from '../../protocol/log.js';
 import { requestEnvelope, responseEnvelope } from '../../protocol/messages.js';
-import { listenPrivate } from '../../protocol/private-socket.js';
+import { listenPrivate, socketAnswers } from '../../protocol/private-socket.js';
 import type { RequestSink, Transport } from './transport.js';
+
+/** The socket's name in its shed's directory. */
+export const SOCKET_NAME = 'bus.sock';
 
 /** The envelopes of a direct socket carry ids it made itself. */
 const FRESH = { freshId: true };
@@ -88,7 +97,17 @@ export class DirectSockets implements Transport {
     this.bodyBudget = new ByteBudget(options.maxBodyBytesInFlight ?? 64 * 1024 * 1024);
   }
 
+  /** The shed's own directory: what a container mounts. */
+  shedDir(shed: string): string {
+    return path.join(this.options.socketsDir, shed);
+  }
+
   socketPath(shed: string): string {
+    return path.join(this.shedDir(shed), SOCKET_NAME);
+  }
+
+  /** Where earlier versions bound the shed's socket; now a link to socketPath. */
+  legacyPath(shed: string): string {
     return path.join(this.options.socketsDir, `${shed}.sock`);
   }
 
@@ -141,6 +160,7 @@ export class DirectSockets implements Transport {
     if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
       throw new Error(`socket path ${socketPath} is longer than the ${MAX_SOCKET_PATH_BYTES} bytes unix sockets allow; set direct.sockets_dir to a shorter directory`);
     }
+    prepareDirectory(this.shedDir(shed), this.options.log);
     const served: Served = { server: undefined as unknown as http.Server, path: socketPath, ino: 0, pending: new Set(), sockets: new Set() };
     const server = createHardenedServer({
       limits: { ...DEFAULT_HTTP_LIMITS, maxBodyBytes: MAX_BODY_BYTES, maxConnections: this.capOf(shed) },
@@ -172,7 +192,34 @@ export class DirectSockets implements Transport {
     server.on('error', (err) => this.options.log.error(`socket for shed ${shed}: ${err.message}`));
     served.ino = fs.statSync(socketPath).ino;
     this.served.set(shed, served);
+    await this.linkLegacy(shed);
     this.options.log.info(`serving shed ${shed} on ${socketPath}`);
+  }
+
+  /**
+   * `<shed>.sock` → `<shed>/bus.sock`, for guests set up by earlier versions.
+   * A socket left there by an earlier version that died is replaced; one a
+   * live process serves, or any other file, is left alone with a warning.
+   */
+  private async linkLegacy(shed: string): Promise<void> {
+    const link = this.legacyPath(shed);
+    const target = path.join(shed, SOCKET_NAME);
+    try {
+      const st = fs.lstatSync(link);
+      if (st.isSymbolicLink() && fs.readlinkSync(link) === target) return;
+      if (st.isSocket() && (await socketAnswers(link))) {
+        this.options.log.warn(`${link} is served by another process (an earlier shed-host-agent?): not linking it to ${this.socketPath(shed)}; stop that process`);
+        return;
+      }
+      if (!st.isSymbolicLink() && !st.isSocket()) {
+        this.options.log.warn(`${link} exists and is not a socket or a link: not linking it to ${this.socketPath(shed)}; move it away`);
+        return;
+      }
+      fs.unlinkSync(link);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    fs.symlinkSync(target, link);
   }
 
   /** One log line when a shed first hits its cap, then one a minute with the count while it keeps at it. */
@@ -199,6 +246,13 @@ export class DirectSockets implements Transport {
       if (fs.lstatSync(served.path).ino === served.ino) fs.unlinkSync(served.path);
     } catch {
       // Already gone.
+    }
+    // The link goes with the socket; the shed's directory stays, for whatever mounts it.
+    const link = this.legacyPath(shed);
+    try {
+      if (fs.readlinkSync(link) === path.join(shed, SOCKET_NAME)) fs.unlinkSync(link);
+    } catch {
+      // Not ours, or gone.
     }
     this.options.log.info(`closed the socket of shed ${shed}`);
   }
@@ -241,7 +295,11 @@ export class DirectSockets implements Transport {
       if (envelope?.type === 'event') answer({ status: 202 });
       return envelope;
     };
-    this.sink(open, shed, async (payload) => answer({ status: 200, body: responseEnvelope(envelope!, payload) }), FRESH);
+    this.sink(open, shed, async (payload) => {
+      // A sink may answer without looking at the request (tests do): the envelope is made then.
+      const request = envelope ?? open();
+      if (request) answer({ status: 200, body: responseEnvelope(request, payload) });
+    }, FRESH);
   }
 
   /** The envelope a publish body makes, or undefined when the body was refused (answered with the reason). */

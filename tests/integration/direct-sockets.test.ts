@@ -42,14 +42,48 @@ describe('direct sockets transport', () => {
   let h: Harness;
   afterEach(async () => h?.stop());
 
-  it('serves one 0600 socket per named shed in a 0700 directory, none for "*"', async () => {
+  it('serves one 0600 socket per named shed, each in its own 0700 directory, none for "*"; the old flat path links to it', async () => {
     h = await startDirectBroker({ policy: { version: 1, sheds: { alpha: {}, beta: {}, '*': {} } }, handlers: [echo] });
     const dir = path.join(h.dir, 'socks');
-    expect(fs.readdirSync(dir).sort()).to.deep.equal(['alpha.sock', 'beta.sock']);
+    expect(fs.readdirSync(dir).sort()).to.deep.equal(['alpha', 'alpha.sock', 'beta', 'beta.sock']);
     expect(mode(dir)).to.equal(0o700);
-    expect(mode(path.join(dir, 'alpha.sock'))).to.equal(0o600);
-    expect(fs.statSync(path.join(dir, 'alpha.sock')).isSocket()).to.equal(true);
-    expect(h.log.lines.join('\n')).to.match(/serving shed alpha on .*alpha\.sock/);
+    expect(mode(path.join(dir, 'alpha'))).to.equal(0o700);
+    expect(fs.readdirSync(path.join(dir, 'alpha'))).to.deep.equal(['bus.sock']);
+    expect(mode(path.join(dir, 'alpha', 'bus.sock'))).to.equal(0o600);
+    expect(fs.statSync(path.join(dir, 'alpha', 'bus.sock')).isSocket()).to.equal(true);
+    expect(fs.readlinkSync(path.join(dir, 'alpha.sock'))).to.equal(path.join('alpha', 'bus.sock'));
+    expect(h.log.lines.join('\n')).to.match(/serving shed alpha on .*alpha\/bus\.sock/);
+    // The link serves guests set up by earlier versions.
+    const old = new BusClient({ publishUrl: `unix:${path.join(dir, 'alpha.sock')}` });
+    try {
+      expect(await old.publish('ssh-agent', { operation: 'list' })).to.include({ shed: 'alpha' });
+    } finally {
+      old.close();
+    }
+  });
+
+  it('keeps each shed\'s directory across a restart, so a mount of the directory reaches the new socket', async () => {
+    const dir = path.join(tempDir('shed-d'), 's');
+    const first = new DirectSockets({ socketsDir: dir, sheds: ['alpha'], log: memoryLogger() });
+    await first.start(() => undefined);
+    // What a bind mount holds: the directory's inode, opened before the restart.
+    const held = fs.openSync(path.join(dir, 'alpha'), 'r');
+    const ino = fs.fstatSync(held).ino;
+    await first.stop();
+    expect(fs.readdirSync(path.join(dir, 'alpha'))).to.deep.equal([]);
+    expect(fs.existsSync(path.join(dir, 'alpha.sock'))).to.equal(false);
+    const second = new DirectSockets({ socketsDir: dir, sheds: ['alpha'], log: memoryLogger() });
+    await second.start((incoming, shed, reply) => void reply({ shed }));
+    try {
+      expect(fs.statSync(path.join(dir, 'alpha')).ino).to.equal(ino);
+      // Through /proc/self/fd, the path a process in another mount namespace would see through its mount.
+      const viaMount = path.join(`/proc/self/fd/${held}`, 'bus.sock');
+      const res = await post(viaMount, '{"namespace":"ssh-agent","payload":{"operation":"list"}}');
+      expect(res.status).to.equal(200);
+    } finally {
+      fs.closeSync(held);
+      await second.stop();
+    }
   });
 
   it('each socket is its shed: two sheds at once, no cross-talk', async () => {
@@ -132,7 +166,8 @@ describe('direct sockets transport', () => {
     const dir = path.join(tempDir('shed-d'), 's');
     fs.mkdirSync(dir, { mode: 0o755 });
     // A stale socket, as a crashed broker leaves it: bound by a process that was SIGKILLed.
-    const stalePath = path.join(dir, 'alpha.sock');
+    fs.mkdirSync(path.join(dir, 'alpha'), { mode: 0o700 });
+    const stalePath = path.join(dir, 'alpha', 'bus.sock');
     const crashed = spawnTracked(process.execPath, ['-e', 'require("net").createServer().listen(process.argv[1], () => console.log("up"))', stalePath]);
     await new Promise((r) => crashed.stdout!.once('data', r));
     crashed.kill('SIGKILL');
@@ -143,7 +178,7 @@ describe('direct sockets transport', () => {
     const transport = new DirectSockets({ socketsDir: dir, sheds: ['alpha'], log });
     await transport.start(() => undefined);
     try {
-      expect(log.lines.join('\n')).to.match(/removed stale socket .*alpha\.sock/);
+      expect(log.lines.join('\n')).to.match(/removed stale socket .*alpha\/bus\.sock/);
       expect(log.lines.join('\n')).to.match(/tightened .* to mode 0700/);
       expect(mode(dir)).to.equal(0o700);
       expect(mode(stalePath)).to.equal(0o600);
@@ -152,18 +187,45 @@ describe('direct sockets transport', () => {
       const second = new DirectSockets({ socketsDir: dir, sheds: ['alpha'], log: memoryLogger() });
       let error: Error | undefined;
       await second.start(() => undefined).catch((e: Error) => (error = e));
-      expect(error?.message).to.match(/another process is serving .*alpha\.sock/);
+      expect(error?.message).to.match(/another process is serving .*alpha\/bus\.sock/);
       expect(fs.lstatSync(stalePath).isSocket()).to.equal(true);
     } finally {
       await transport.stop();
     }
 
-    fs.writeFileSync(path.join(dir, 'beta.sock'), 'not a socket');
+    fs.mkdirSync(path.join(dir, 'beta'), { mode: 0o700 });
+    fs.writeFileSync(path.join(dir, 'beta', 'bus.sock'), 'not a socket');
     const third = new DirectSockets({ socketsDir: dir, sheds: ['beta'], log: memoryLogger() });
     let error: Error | undefined;
     await third.start(() => undefined).catch((e: Error) => (error = e));
-    expect(error?.message).to.match(/beta\.sock exists and is not a socket; move it away/);
-    expect(fs.readFileSync(path.join(dir, 'beta.sock'), 'utf8')).to.equal('not a socket');
+    expect(error?.message).to.match(/beta\/bus\.sock exists and is not a socket; move it away/);
+    expect(fs.readFileSync(path.join(dir, 'beta', 'bus.sock'), 'utf8')).to.equal('not a socket');
+  });
+
+  it('replaces the socket an earlier version left at <shed>.sock with the link, and leaves a live one or another file alone', async () => {
+    const dir = path.join(tempDir('shed-d'), 's');
+    fs.mkdirSync(dir, { mode: 0o700 });
+    const flat = (shed: string) => path.join(dir, `${shed}.sock`);
+    const crashed = spawnTracked(process.execPath, ['-e', 'require("net").createServer().listen(process.argv[1], () => console.log("up"))', flat('alpha')]);
+    await new Promise((r) => crashed.stdout!.once('data', r));
+    crashed.kill('SIGKILL');
+    await new Promise((r) => crashed.once('exit', r));
+    const live = net.createServer().listen(flat('beta'));
+    await new Promise((r) => live.once('listening', r));
+    fs.writeFileSync(flat('gamma'), 'a note');
+    const log = memoryLogger();
+    const transport = new DirectSockets({ socketsDir: dir, sheds: ['alpha', 'beta', 'gamma'], log });
+    await transport.start(() => undefined);
+    try {
+      expect(fs.readlinkSync(flat('alpha'))).to.equal(path.join('alpha', 'bus.sock'));
+      expect(fs.lstatSync(flat('beta')).isSocket()).to.equal(true);
+      expect(fs.readFileSync(flat('gamma'), 'utf8')).to.equal('a note');
+      expect(log.lines.join('\n')).to.match(/beta\.sock is served by another process/).and.match(/gamma\.sock exists and is not a socket or a link/);
+      for (const shed of ['alpha', 'beta', 'gamma']) expect(fs.statSync(transport.socketPath(shed)).isSocket(), shed).to.equal(true);
+    } finally {
+      await transport.stop();
+      await new Promise((r) => live.close(r));
+    }
   });
 
   it('refuses a socket path too long for sun_path, naming the setting to change', async () => {
@@ -178,7 +240,9 @@ describe('direct sockets transport', () => {
     h = await startDirectBroker({ policy: { version: 1, sheds: { alpha: {} } }, handlers: [echo] });
     const dir = path.join(h.dir, 'socks');
     expect(await h.setPolicy({ version: 1, sheds: { beta: {} } })).to.equal(undefined);
-    expect(fs.readdirSync(dir)).to.deep.equal(['beta.sock']);
+    // alpha's directory stays (a container may mount it), empty.
+    expect(fs.readdirSync(dir).sort()).to.deep.equal(['alpha', 'beta', 'beta.sock']);
+    expect(fs.readdirSync(path.join(dir, 'alpha'))).to.deep.equal([]);
     const client = new BusClient({ publishUrl: h.publishUrl('beta') });
     try {
       expect(await client.publish('ssh-agent', { operation: 'list' })).to.include({ shed: 'beta' });
@@ -188,7 +252,7 @@ describe('direct sockets transport', () => {
     // An invalid policy is refused and the old one stays.
     const err = await h.setPolicy({ version: 2 });
     expect(err?.message).to.match(/version/);
-    expect(fs.readdirSync(dir)).to.deep.equal(['beta.sock']);
+    expect(fs.existsSync(path.join(dir, 'beta', 'bus.sock'))).to.equal(true);
   });
 
   it('caps each shed\'s connections (limits.max_connections) and all of them together: a shed at its cap delays no other', async () => {

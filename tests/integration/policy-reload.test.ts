@@ -57,7 +57,7 @@ async function start(kind: 'direct' | 'shed', body: string, handlers: NamespaceH
     return {
       file, log, audit, broker,
       policy: (b) => head + b,
-      publishUrl: (shed) => `unix:${path.join(socks, `${shed}.sock`)}`,
+      publishUrl: (shed) => `unix:${path.join(socks, shed, 'bus.sock')}`,
       stop: async () => {
         watcher?.close();
         await broker.stop();
@@ -192,10 +192,11 @@ describe('policy reload: direct sockets and requests in flight', () => {
     const s = await start('direct', rolePolicy(ROLE_A), [createAwsHandler({ log: memoryLogger('aws') })]);
     try {
       const socks = path.join(path.dirname(s.file), 'socks');
-      expect(fs.readdirSync(socks).sort()).to.deep.equal(['alpha.sock', 'beta.sock']);
+      const sock = (shed: string) => path.join(socks, shed, 'bus.sock');
+      expect(fs.readdirSync(socks).sort()).to.deep.equal(['alpha', 'alpha.sock', 'beta', 'beta.sock']);
       writeAtomically(s.file, s.policy(`sheds:\n  alpha: {}\n  gamma:\n    aws: { role: ${ROLE_B} }\n`));
-      await waitFor(() => fs.existsSync(path.join(socks, 'gamma.sock')) && !fs.existsSync(path.join(socks, 'beta.sock')), 10_000, 'the sockets to follow');
-      expect(fs.statSync(path.join(socks, 'gamma.sock')).mode & 0o777).to.equal(0o600);
+      await waitFor(() => fs.existsSync(sock('gamma')) && !fs.existsSync(sock('beta')), 10_000, 'the sockets to follow');
+      expect(fs.statSync(sock('gamma')).mode & 0o777).to.equal(0o600);
       expect(await roleServed(s.publishUrl('gamma'))).to.equal(ROLE_B);
     } finally {
       await s.stop();
@@ -258,11 +259,11 @@ describe('policy reload: direct sockets and requests in flight', () => {
     try {
       await waitFor(() => /shed-host-agent ready/.test(out.stderr()), 20_000, 'the broker to start');
       writeAtomically(file, `${head}sheds:\n  alpha: {}\n  beta: {}\n`);
-      await waitFor(() => fs.existsSync(path.join(socks, 'beta.sock')), 10_000, `beta's socket after the edit: ${out.stderr()}`);
+      await waitFor(() => fs.existsSync(path.join(socks, 'beta', 'bus.sock')), 10_000, `beta's socket after the edit: ${out.stderr()}`);
       // An edit made while nothing watches it (same content now) is still picked up by SIGHUP.
       fs.writeFileSync(file, `${head}sheds:\n  beta: {}\n`, { mode: 0o600 });
       child.kill('SIGHUP');
-      await waitFor(() => !fs.existsSync(path.join(socks, 'alpha.sock')), 10_000, 'alpha\'s socket to go');
+      await waitFor(() => !fs.existsSync(path.join(socks, 'alpha', 'bus.sock')), 10_000, 'alpha\'s socket to go');
     } finally {
       await stopProcess(child);
     }

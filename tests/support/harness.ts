@@ -45,7 +45,7 @@ export async function startDirectBroker(options: HarnessOptions): Promise<Harnes
       socketsDir = path.join(dir, 'socks');
       return withDirect(doc, socketsDir);
     },
-    publishUrl: (shed) => `unix:${path.join(socketsDir, `${shed}.sock`)}`,
+    publishUrl: (shed) => `unix:${path.join(socketsDir, shed, 'bus.sock')}`,
   });
 }
 

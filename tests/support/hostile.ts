@@ -337,7 +337,7 @@ export async function startBrokerProcess(policy: Record<string, unknown>, env: N
     },
     dir,
     auditDir,
-    socketPath: (shed) => path.join(socks, `${shed}.sock`),
+    socketPath: (shed) => path.join(socks, shed, 'bus.sock'),
     stderr: out.stderr,
     stop: () => stopProcess(child, 10_000),
   };
