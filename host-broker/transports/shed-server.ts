@@ -194,7 +194,9 @@ export class ShedServerTransport implements Transport {
     const out: Record<string, string> = {};
     for (const namespace of this.options.namespaces) {
       const sub = this.subscriptions.get(namespace);
-      out[namespace] = this.stopping || !sub ? 'stopped' : sub.connected ? 'connected' : sub.reason ? `reconnecting: ${sub.reason}` : 'connecting';
+      if (this.stopping) out[namespace] = 'stopped';
+      else if (sub?.connected) out[namespace] = 'connected';
+      else out[namespace] = sub?.reason ? `reconnecting: ${sub.reason}` : 'connecting';
     }
     return out;
   }

@@ -14,7 +14,8 @@ import path from 'node:path';
 import { StatusAnswer, STATUS_SOCKET_NAME } from '../../host-broker/status/answer.js';
 import { queryStatus } from '../../host-broker/status/client.js';
 import { VERSION } from '../../protocol/version.js';
-import { ShedServerEmulator } from '../support/bus-emulator.js';
+import { statusAnswer } from '../../host-broker/status/snapshot.js';
+import { ShedServerEmulator, startShedBroker } from '../support/bus-emulator.js';
 import { binCommand, capture, run, spawnTracked, stopProcess, tempDir, waitFor } from '../support/procs.js';
 
 const NAMESPACES = ['ssh-agent', 'aws-credentials', 'docker-credentials'];
@@ -178,6 +179,64 @@ describe('shed-host-agent status', function () {
       expect(gone.stderr).to.equal(`shed-host-agent is not running (no answer on ${socketPath}); start it with \`systemctl --user start shed-host-agent\` (or \`shed-host-agent run\`). A daemon run with --state-dir DIR answers \`shed-host-agent status --state-dir DIR\`\n`);
     } finally {
       await stopProcess(daemon.child);
+    }
+  });
+
+  it('answers while the daemon is still starting: phase starting, each namespace connecting', async () => {
+    const home = tempDir('shed-st');
+    // A shed-server that accepts connections and never answers keeps the start waiting (up to 10 s).
+    const silent = net.createServer(() => undefined);
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(silent.address() as net.AddressInfo).port}`;
+    const config = path.join(home, 'extensions.yaml');
+    fs.writeFileSync(config, `version: 1\nserver: { url: '${url}' }\ndirect: { sockets_dir: ${path.join(home, 'socks')} }\naudit: { dir: ${path.join(home, 'audit')} }\nsheds:\n  alpha: {}\n`, { mode: 0o600 });
+    const [cmd, args] = binCommand('shed-host-agent', ['run', '--config', config]);
+    const child = spawnTracked(cmd, args, { env: { ...process.env, HOME: home, SSH_AUTH_SOCK: '' } });
+    const out = capture(child);
+    try {
+      await waitFor(() => /serving shed alpha/.test(out.stderr()), 20_000, 'the direct socket');
+      const answer = await queryStatus(statusSocketOf(home));
+      expect(out.stderr()).not.to.include('shed-host-agent ready');
+      expect(answer.phase).to.equal('starting');
+      expect(answer.servers).to.deep.equal([{ name: 'default', url, namespaces: Object.fromEntries(NAMESPACES.map((n) => [n, 'connecting'])) }]);
+      expect(answer.direct.sheds.map((s) => [s.name, s.state])).to.deep.equal([['alpha', 'serving, 0 connections']]);
+      const closed = new Promise((resolve) => child.once('close', resolve));
+      child.kill('SIGTERM');
+      expect(await closed, out.stderr()).to.equal(0);
+      expect(fs.existsSync(statusSocketOf(home))).to.equal(false);
+    } finally {
+      await stopProcess(child);
+      silent.close();
+    }
+  });
+
+  it('each namespace\'s state in the broker: held by another listener (409), connected once it lets go, stopped with the broker', async () => {
+    let other: http.ClientRequest | undefined;
+    const h = await startShedBroker({
+      policy: { version: 1, sheds: { alpha: {} } },
+      beforeBroker: async (server) => {
+        await new Promise<void>((resolve, reject) => {
+          other = http.get(`${server.url}/api/plugins/listeners/ssh-agent/messages`, { headers: { accept: 'text/event-stream' } }, () => resolve());
+          other.on('error', reject);
+        });
+      },
+    });
+    const meta = { configPath: '/x/extensions.yaml', startedAt: new Date().toISOString() };
+    try {
+      const held = statusAnswer(h.broker, meta);
+      expect(held.phase).to.equal('running');
+      expect(held.servers[0]!.namespaces['ssh-agent']).to.match(/^reconnecting: subscribing to ssh-agent on .*: another listener holds namespace ssh-agent .*\(409 NAMESPACE_ALREADY_REGISTERED\): stop the other shed-host-agent$/);
+      expect(held.servers[0]!.namespaces['aws-credentials']).to.equal('connected');
+      expect(held.direct).to.deep.equal({ enabled: false, connections: 0, sheds: [] });
+      other!.destroy();
+      await waitFor(() => statusAnswer(h.broker, meta).servers[0]!.namespaces['ssh-agent'] === 'connected', 10_000, 'ssh-agent connected once the other listener left');
+      await h.broker.stop();
+      const stopped = statusAnswer(h.broker, meta);
+      expect(stopped.phase).to.equal('stopping');
+      expect(stopped.servers[0]!.namespaces).to.deep.equal(Object.fromEntries(NAMESPACES.map((n) => [n, 'stopped'])));
+    } finally {
+      other?.destroy();
+      await h.stop();
     }
   });
 
