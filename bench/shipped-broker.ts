@@ -23,7 +23,7 @@ export async function startShippedBroker(dir: string, policy: Record<string, unk
   const config = path.join(dir, 'config', 'extensions.yaml');
   fs.mkdirSync(path.dirname(config), { mode: 0o700 });
   fs.writeFileSync(config, JSON.stringify({ version: 1, direct: { sockets_dir: socks }, audit: { dir: auditDir }, ...policy }), { mode: 0o600 });
-  const child = spawnTracked(process.execPath, [...nodeArgs, path.join(REPO_ROOT, 'dist/host-broker/cli/main.js'), 'run', '--config', config], { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
+  const child = spawnTracked(process.execPath, [...nodeArgs, path.join(REPO_ROOT, 'dist/host-broker/cli/main.js'), 'run', '--config', config, '--state-dir', path.join(dir, 'state')], { env: { ...process.env, SHED_LOG_LEVEL: 'warn' } });
   const out = capture(child);
   const socketPath = (name: string) => path.join(socks, name, 'bus.sock');
   await waitFor(() => fs.existsSync(socketPath(shed)) || child.exitCode !== null, 20_000, 'shed-host-agent');

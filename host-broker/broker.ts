@@ -46,8 +46,39 @@ export interface BrokerOptions {
   shedServerTimings?: Partial<ShedServerTimings>;
 }
 
+/** A shed-server the broker subscribes to, as `status` names it. */
+export interface ServerEntry {
+  /** `default` for the top-level `server:`. */
+  name: string;
+  url: string;
+  transport: Transport;
+}
+
+/** The outcome of the last reload (status). */
+export interface ReloadOutcome {
+  at: string;
+  applied: boolean;
+  /** The error, when refused. */
+  reason?: string;
+}
+
+/** How the audit trail fares (status). */
+export interface AuditHealth {
+  dir: string | undefined;
+  required: boolean;
+  lastError: string | undefined;
+  lastErrorAt: string | undefined;
+  failedLines: number;
+  summarisedDenials: number;
+  summaryLines: number;
+}
+
 export class Broker {
   private current: Policy | undefined;
+  private phaseNow: 'starting' | 'running' | 'stopping' = 'starting';
+  private loadedAt: string | undefined;
+  private lastReloadOutcome: ReloadOutcome | undefined;
+  private readonly serverEntries: ServerEntry[] = [];
   private dispatcher: Dispatcher | undefined;
   private direct: DirectSockets | undefined;
   private transports: Transport[] = [];
@@ -69,6 +100,44 @@ export class Broker {
     return this.audit?.lastError;
   }
 
+  /** The policy in force; undefined until start() has read it. */
+  get policyInForce(): Policy | undefined {
+    return this.current;
+  }
+
+  /** When the policy in force was read (ISO time). */
+  get policyLoadedAt(): string | undefined {
+    return this.loadedAt;
+  }
+
+  /** The last reload tried, applied or refused. */
+  get lastReload(): ReloadOutcome | undefined {
+    return this.lastReloadOutcome;
+  }
+
+  /** `starting` until every transport is up, `stopping` once stop() began. */
+  get phase(): 'starting' | 'running' | 'stopping' {
+    return this.phaseNow;
+  }
+
+  /** The shed-servers subscribed to (their transports' state() is each namespace's connection). */
+  get servers(): readonly ServerEntry[] {
+    return this.serverEntries;
+  }
+
+  get auditHealth(): AuditHealth {
+    const policy = this.current;
+    return {
+      dir: this.auditLog?.dir ?? policy?.audit.dir,
+      required: policy?.audit.required ?? false,
+      lastError: this.audit?.lastError,
+      lastErrorAt: this.audit?.lastError !== undefined ? this.audit.lastFailureAt : undefined,
+      failedLines: this.audit?.failedWrites ?? 0,
+      summarisedDenials: this.audit?.summarised ?? 0,
+      summaryLines: this.audit?.summaryLines ?? 0,
+    };
+  }
+
   /** The direct-socket transport, when the policy enables it. */
   get directSockets(): DirectSockets | undefined {
     return this.direct;
@@ -82,6 +151,7 @@ export class Broker {
   async start(): Promise<void> {
     try {
       await this.startAll();
+      if (!this.stopRequested) this.phaseNow = 'running';
     } catch (err) {
       await this.stop().catch((stopErr: Error) => this.options.log.error(`while undoing a failed start: ${stopErr.message}`));
       throw err;
@@ -95,6 +165,7 @@ export class Broker {
     const { log } = this.options;
     compileHotSchemas(compile);
     this.current = this.options.loadPolicy();
+    this.loadedAt = new Date().toISOString();
     const policy = this.current;
     if (!this.options.approver) {
       this.approvals = new Approvals({ log });
@@ -125,7 +196,7 @@ export class Broker {
     }
     const server = policy.server;
     if (server) {
-      transports.push(new ShedServerTransport({
+      const transport = new ShedServerTransport({
         url: server.url,
         namespaces: server.namespaces ?? this.dispatcher.namespaces,
         tokenFile: server.token_file && expandHome(server.token_file),
@@ -134,7 +205,9 @@ export class Broker {
         clientKey: server.client_key && expandHome(server.client_key),
         log,
         timings: this.options.shedServerTimings,
-      }));
+      });
+      transports.push(transport);
+      this.serverEntries.push({ name: 'default', url: server.url, transport });
     }
     if (transports.length === 0) {
       throw new Error('the policy enables no transport: add a `server:` section or leave `direct:` enabled');
@@ -183,10 +256,13 @@ export class Broker {
       await this.checkGates(next);
     } catch (err) {
       this.options.log.error(`policy reload refused, the previous policy stays in force: ${(err as Error).message}`);
+      this.lastReloadOutcome = { at: new Date().toISOString(), applied: false, reason: (err as Error).message };
       return err as Error;
     }
     const previous = this.current;
     this.current = next;
+    this.loadedAt = new Date().toISOString();
+    this.lastReloadOutcome = { at: this.loadedAt, applied: true };
     for (const section of transportChanges(previous, next)) {
       this.options.log.warn(`policy reload: ${section} changed, but transports are set up at start; restart shed-host-agent to apply it (the running ones keep their settings)`);
     }
@@ -206,6 +282,7 @@ export class Broker {
 
   async stop(): Promise<void> {
     this.stopRequested = true;
+    this.phaseNow = 'stopping';
     this.turns.clear();
     this.approvals?.close();
     for (const t of this.transports.splice(0)) await t.stop();

@@ -46,3 +46,21 @@ export function printable(text: string, max = 200): string {
   }
   return `${out}…`;
 }
+
+/** What JSON.stringify leaves raw that a terminal acts on (it escapes C0 controls itself; the raw ones left are its own line breaks). */
+const JSON_UNSAFE = /[\u007f-\u009f\p{Cf}\p{Zl}\p{Zp}]/gu;
+
+/**
+ * A value as JSON that is also safe on a terminal: the characters JSON
+ * leaves raw but a terminal acts on (C1 controls, bidi and zero-width
+ * format characters, line and paragraph separators) are written as `\uXXXX`
+ * escapes, so the text parses to the very same value.
+ */
+export function terminalSafeJson(value: unknown, space?: number): string {
+  const json = JSON.stringify(value, null, space);
+  return json.replace(JSON_UNSAFE, (c) => {
+    let out = '';
+    for (let i = 0; i < c.length; i++) out += `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`;
+    return out;
+  });
+}

@@ -19,7 +19,8 @@ Commands:
         docker-credentials), 2 s each; exit 0 when all are connected (or
         disabled on purpose by the host policy), 1 otherwise
   install-guest --root DIR [--from DIR] [--user NAME]
-        lay the bundles, launchers, systemd units and config into an image
+        lay the bundles, launchers, systemd units, shed-agent extension
+        manifests (/etc/shed-extensions.d) and config into an image
         root (idempotent); --from is the bundle directory (default: found
         beside this program, or the checkout's build/guest), --user the user
         the units run as (default ${DEFAULT_SERVICE_USER})

@@ -7,6 +7,8 @@
  *   /usr/local/bin/<bin>                           sh launchers: exec node <bundle>
  *   /usr/local/lib/systemd/system/*.service        the units, enabled through
  *   /etc/systemd/system/multi-user.target.wants/   symlinks (what `systemctl enable` makes)
+ *   /etc/shed-extensions.d/<namespace>.yaml        manifests: shed-agent enables (`systemctl enable
+ *                                                  --now`) and reports only extensions that have one
  *   /etc/environment.d/shed-extensions.conf        SSH_AUTH_SOCK, AWS_CONTAINER_* for systemd user sessions
  *   /etc/profile.d/shed-extensions.sh              the same for login shells, plus the plain token variable
  *   /etc/skel/.docker/config.json                  {"credsStore": "shed"} for new users
@@ -29,6 +31,10 @@ export const LIB_DIR = '/usr/local/lib/shed-extensions';
 export const BIN_DIR = '/usr/local/bin';
 export const UNIT_DIR = '/usr/local/lib/systemd/system';
 export const WANTS_DIR = '/etc/systemd/system/multi-user.target.wants';
+/** Where shed-agent looks for extension manifests (`<namespace>.yaml`). */
+export const MANIFEST_DIR = '/etc/shed-extensions.d';
+/** The extensions this package ships a manifest for, by namespace. */
+export const EXTENSION_NAMESPACES = ['ssh-agent', 'aws-credentials', 'docker-credentials'] as const;
 
 /** Folder (inside a bundle directory) holding the guest config files, as in the repo's systemd/guest. */
 export const GUEST_FILES_DIR = path.join('systemd', 'guest');
@@ -38,6 +44,8 @@ export const GUEST_FILES: ReadonlyArray<{ src: string; dest: string; unit?: bool
   { src: 'shed-ext-ssh-agent.service', dest: `${UNIT_DIR}/shed-ext-ssh-agent.service`, unit: true },
   { src: 'shed-ext-aws-token.service', dest: `${UNIT_DIR}/shed-ext-aws-token.service`, unit: true },
   { src: 'shed-ext-aws-credentials.service', dest: `${UNIT_DIR}/shed-ext-aws-credentials.service`, unit: true },
+  { src: 'shed-ext-docker-credentials.service', dest: `${UNIT_DIR}/shed-ext-docker-credentials.service`, unit: true },
+  ...EXTENSION_NAMESPACES.map((ns) => ({ src: `shed-extensions.d/${ns}.yaml`, dest: `${MANIFEST_DIR}/${ns}.yaml` })),
   { src: 'environment.d/shed-extensions.conf', dest: '/etc/environment.d/shed-extensions.conf' },
   { src: 'profile.d/shed-extensions.sh', dest: '/etc/profile.d/shed-extensions.sh' },
   { src: 'docker/config.json', dest: '/etc/skel/.docker/config.json' },
@@ -218,5 +226,6 @@ export function formatInstall(result: InstallResult): string {
   const lines = result.entries.filter((e) => e.action !== 'unchanged').map((e) => `  ${e.action.padEnd(8)} ${e.path}\n`);
   return `${lines.join('')}installed shed-extensions ${VERSION} into ${result.root}: `
     + `${count('created')} created, ${count('updated')} updated, ${count('unchanged')} unchanged\n`
-    + 'The units start at boot (enabled for multi-user.target); the image needs node 20 or newer and a shed-agent.\n';
+    + 'The units start at boot (enabled for multi-user.target); the image needs node 20 or newer and a shed-agent.\n'
+    + `shed-agent enables and reports the extensions its server lists under extensions.enabled, through the manifests in ${MANIFEST_DIR}.\n`;
 }

@@ -45,6 +45,14 @@ export class AuditGovernor implements AuditSink {
   private readonly sheds: BoundedMap<string, ShedBudget>;
   private readonly timer: NodeJS.Timeout;
   private closed = false;
+  /** Denials counted into summary lines instead of written one by one, since start (status). */
+  summarised = 0;
+  /** Summary lines written since start. */
+  summaryLines = 0;
+  /** Lines that could not be written (the request was served unaudited, or refused under audit.required), since start. */
+  failedWrites = 0;
+  /** When a line last failed to be written (ISO time). */
+  lastFailureAt: string | undefined;
 
   constructor(private readonly sink: AuditSink, private readonly options: AuditGovernorOptions) {
     this.now = options.now ?? Date.now;
@@ -62,19 +70,20 @@ export class AuditGovernor implements AuditSink {
   /** Write a line; a denial (with its error `code`, which the line itself may not name) may be counted instead. */
   async write(denial: AuditEntry & { code?: string }): Promise<void> {
     const { code, ...entry } = denial;
-    if (entry.result !== 'denied' || this.closed) return this.sink.write(entry);
+    if (entry.result !== 'denied' || this.closed) return this.pass(entry);
     const perMinute = Math.max(1, this.options.denialsPerMinute(entry.shed));
     const budget = this.sheds.getOrCreate(entry.shed, () => ({
       bucket: new TokenBucket(perMinute, perMinute, this.now()), server: entry.server, kinds: new Map(), suppressed: 0, namespaces: new Set(),
     }));
     // Too many sheds at once with counts pending: write it rather than lose it.
-    if (!budget) return this.sink.write(entry);
+    if (!budget) return this.pass(entry);
     if (budget.bucket.perMinute !== perMinute) budget.bucket.resize(perMinute, perMinute, this.now());
-    if (budget.bucket.take(this.now()) === 0) return this.sink.write(entry);
+    if (budget.bucket.take(this.now()) === 0) return this.pass(entry);
     if (budget.suppressed === 0) {
       this.options.log.warn(`shed ${entry.shed}: more than ${perMinute} denied requests a minute; the audit log sums up the rest once a minute`);
     }
     budget.suppressed += 1;
+    this.summarised += 1;
     budget.firstId ??= entry.request_id;
     budget.lastId = entry.request_id;
     budget.namespaces.add(entry.ns);
@@ -94,11 +103,21 @@ export class AuditGovernor implements AuditSink {
       b.firstId = undefined;
       b.lastId = undefined;
       try {
-        await this.sink.write(summary);
+        await this.pass(summary);
+        this.summaryLines += 1;
       } catch (err) {
         this.options.log.error(`audit: the summary of ${summary.count} denied requests of shed ${shed} could not be written: ${(err as Error).message}`);
       }
     }));
+  }
+
+  /** Write through to the sink, counting what it could not write. */
+  private pass(entry: AuditEntry): Promise<void> {
+    return this.sink.write(entry).catch((err: unknown) => {
+      this.failedWrites += 1;
+      this.lastFailureAt = new Date(this.now()).toISOString();
+      throw err;
+    });
   }
 
   async close(): Promise<void> {

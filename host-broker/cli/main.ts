@@ -4,14 +4,16 @@ import { parseArgs } from 'node:util';
 import { createLogger } from '../../protocol/log.js';
 import { VERSION } from '../../protocol/version.js';
 import { DEFAULT_POLICY_PATH, PolicyError } from '../policy/policy.js';
+import { DEFAULT_STATE_DIR } from '../status/answer.js';
 import { auditCommand } from './audit.js';
 import { doctorCommand } from './doctor.js';
 import { explainCommand } from './explain-command.js';
 import { processIo } from './io.js';
 import { checkCommand, policyListCommand, policyShowCommand } from './policy-commands.js';
 import { runBroker } from './run.js';
+import { statusCommand } from './status.js';
 
-const USAGE = `Usage: shed-host-agent [command] [--config FILE]
+const USAGE = `Usage: shed-host-agent [command] [--config FILE] [--state-dir DIR]
 
 Brokers SSH signatures, AWS role credentials and registry credentials for
 shed VMs, decided by a per-shed policy.
@@ -19,6 +21,10 @@ shed VMs, decided by a per-shed policy.
 Commands:
   run                  serve the policy's sheds (the default); reloads the
                        policy on edit and on SIGHUP
+  status [--json]      ask the running daemon: its policy files and last
+                       reload, each server's namespaces (connected,
+                       reconnecting: why, stopped), direct sockets, approval
+                       gates, audit health (exit 1 when it is not running)
   check                validate the policy: one line per shed (exit 0), or
                        every problem as file:line:col (exit 1)
   policy list          each shed's role, ssh mode and keys, registries,
@@ -36,6 +42,8 @@ Commands:
 Options:
   --config FILE   the policy file (default ${DEFAULT_POLICY_PATH});
                   per-shed files go in sheds.d/<shed>.yaml beside it
+  --state-dir DIR where \`run\` keeps its status socket, and where \`status\`
+                  asks (default ${DEFAULT_STATE_DIR}); one daemon per directory
   -h, --help      this text
 `;
 
@@ -58,6 +66,7 @@ export async function main(argv: string[]): Promise<number> {
         host: { type: 'string' },
         'signing-namespace': { type: 'string' },
         json: { type: 'boolean' },
+        'state-dir': { type: 'string' },
       },
     });
   } catch (err) {
@@ -79,7 +88,13 @@ export async function main(argv: string[]): Promise<number> {
       return auditCommand(['--config', config, ...positionals.slice(1)]);
     case 'run':
       forceExit = true;
-      return runBroker(config, createLogger('shed-host-agent'));
+      return runBroker(config, createLogger('shed-host-agent'), { stateDir: values['state-dir'] });
+    case 'status':
+      if (positionals.length > 1) {
+        process.stderr.write(`shed-host-agent status: unexpected argument ${JSON.stringify(positionals[1]!.slice(0, 64))}\n${USAGE}`);
+        return 2;
+      }
+      return statusCommand({ json: values.json, stateDir: values['state-dir'] }, processIo);
     case 'check':
       return checkCommand(config, processIo);
     case 'policy': {

@@ -97,6 +97,10 @@ export class DirectSockets implements Transport {
     this.bodyBudget = new ByteBudget(options.maxBodyBytesInFlight ?? 64 * 1024 * 1024);
   }
 
+  get socketsDir(): string {
+    return this.options.socketsDir;
+  }
+
   /** The shed's own directory: what a container mounts. */
   shedDir(shed: string): string {
     return path.join(this.options.socketsDir, shed);
@@ -121,6 +125,17 @@ export class DirectSockets implements Transport {
     const sheds: Record<string, number> = {};
     for (const [name, s] of this.served) sheds[name] = s.sockets.size;
     return { total: this.open, sheds };
+  }
+
+  /** Each shed the policy names: `serving, N connections`, or `stopped` (not serving: the broker is stopping, or its socket could not be opened). */
+  state(): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const shed of this.sheds) out[shed] = 'stopped';
+    for (const [shed, s] of this.served) {
+      const n = s.sockets.size;
+      out[shed] = `serving, ${n} connection${n === 1 ? '' : 's'}`;
+    }
+    return out;
   }
 
   async start(sink: RequestSink): Promise<void> {

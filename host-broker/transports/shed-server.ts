@@ -84,6 +84,8 @@ interface Subscription {
   settleFirst?: () => void;
   /** Last failure logged, so a repeating failure is logged at warn once and then at debug. */
   lastFailure?: string;
+  /** Why it is not connected now (state()); cleared when it connects. */
+  reason?: string;
 }
 
 class PinMismatch extends Error {}
@@ -183,6 +185,22 @@ export class ShedServerTransport implements Transport {
     this.throttle.close();
   }
 
+  /**
+   * Each namespace's subscription: `connected`, `connecting` (its first
+   * attempt), `reconnecting: <why the last attempt failed>`, or `stopped`.
+   * The reason may quote the server's own words: whoever shows it escapes it.
+   */
+  state(): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const namespace of this.options.namespaces) {
+      const sub = this.subscriptions.get(namespace);
+      if (this.stopping) out[namespace] = 'stopped';
+      else if (sub?.connected) out[namespace] = 'connected';
+      else out[namespace] = sub?.reason ? `reconnecting: ${sub.reason}` : 'connecting';
+    }
+    return out;
+  }
+
   /** Namespaces with a live subscription (for status and tests). */
   get connectedNamespaces(): string[] {
     return [...this.subscriptions.values()].filter((s) => s.connected).map((s) => s.namespace).sort();
@@ -221,6 +239,7 @@ export class ShedServerTransport implements Transport {
       finished = true;
       sub.request = undefined;
       sub.connected = false;
+      sub.reason = reason;
       clearTimeout(headerTimer);
       sub.settleFirst?.();
       sub.settleFirst = undefined;
@@ -256,6 +275,7 @@ export class ShedServerTransport implements Transport {
       }
       connected = true;
       sub.connected = true;
+      sub.reason = undefined;
       sub.lastFailure = undefined;
       sub.settleFirst?.();
       sub.settleFirst = undefined;

@@ -40,4 +40,11 @@ export interface Transport {
   start(sink: RequestSink): Promise<void>;
   /** Stop accepting, answer what waits with SHUTTING_DOWN where the transport can, release resources. */
   stop(): Promise<void>;
+  /**
+   * What `shed-host-agent status` shows of this transport, by the name of
+   * each thing it serves: per namespace for a shed-server (`connected`,
+   * `reconnecting: <reason>`, `stopped`), per shed for direct sockets. Cheap:
+   * the status socket calls it on every request.
+   */
+  state(): Record<string, string>;
 }

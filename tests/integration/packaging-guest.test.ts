@@ -12,18 +12,22 @@ import path from 'node:path';
 import { build } from 'esbuild';
 import { bundleGuest, ENTRY_POINTS, type BundleResult } from '../../guest-services/bundle.js';
 import { runCli } from '../../guest-services/status/cli.js';
-import { bundleFile, GUEST_BINARIES, LIB_DIR } from '../../guest-services/status/install.js';
+import { bundleFile, EXTENSION_NAMESPACES, GUEST_BINARIES, LIB_DIR, MANIFEST_DIR } from '../../guest-services/status/install.js';
+import { NAMESPACES } from '../../protocol/envelope.js';
 import type { MemoryAudit } from '../../host-broker/audit/audit.js';
 import { VERSION } from '../../protocol/version.js';
 import { startDirectBroker, type Harness } from '../support/harness.js';
 import { REPO_ROOT, run, spawnTracked, stopProcess, tempDir, waitFor } from '../support/procs.js';
+import { readAsShedAgent } from '../support/shed-agent.js';
 
 const NODE = process.execPath;
 const NODE_DIR = path.dirname(NODE);
 /** A guest's environment: no NODE_OPTIONS (no tsx), no NODE_PATH, nothing of this checkout. */
 const BARE_ENV = { PATH: `${NODE_DIR}:/usr/bin:/bin`, HOME: '/nonexistent', LANG: 'C.UTF-8' };
 
-const UNITS = ['shed-ext-ssh-agent.service', 'shed-ext-aws-token.service', 'shed-ext-aws-credentials.service'];
+const UNITS = ['shed-ext-ssh-agent.service', 'shed-ext-aws-token.service', 'shed-ext-aws-credentials.service', 'shed-ext-docker-credentials.service'];
+/** The units that share /run/shed-extensions (the docker check needs no runtime directory). */
+const RUNTIME_UNITS = UNITS.filter((u) => u !== 'shed-ext-docker-credentials.service');
 
 interface Node {
   type: 'dir' | 'file' | 'link';
@@ -150,10 +154,10 @@ describe('guest packaging', function () {
     it('twice into the same root gives the same tree, byte for byte, same modes, nothing rewritten', async () => {
       const root = path.join(tempDir('shed-root'), 'image');
       const first = await install(root);
-      expect(first.stdout).to.match(/: 25 created, 0 updated, 0 unchanged\n/);
+      expect(first.stdout).to.match(/: 34 created, 0 updated, 0 unchanged\n/);
       const before = snapshot(root, true);
       const second = await install(root);
-      expect(second.stdout).to.match(/: 0 created, 0 updated, 25 unchanged\n/);
+      expect(second.stdout).to.match(/: 0 created, 0 updated, 34 unchanged\n/);
       expect(snapshot(root, true)).to.deep.equal(before);
 
       // A fresh root gets the very same tree, and so does the CLI run from source with --from.
@@ -199,7 +203,7 @@ describe('guest packaging', function () {
       fs.chmodSync(path.join(root, 'usr/local/bin/shed-ext'), 0o777);
       fs.rmSync(path.join(root, 'etc/systemd/system/multi-user.target.wants/shed-ext-aws-token.service'));
       const r = await install(root);
-      expect(r.stdout).to.match(/: 1 created, 2 updated, 22 unchanged\n/);
+      expect(r.stdout).to.match(/: 1 created, 2 updated, 31 unchanged\n/);
       expect(snapshot(root)).to.deep.equal(pristine);
     });
 
@@ -263,11 +267,15 @@ describe('guest packaging', function () {
       const unit = (name: string) => fs.readFileSync(path.join(REPO_ROOT, 'systemd/guest', name), 'utf8');
       for (const name of UNITS) {
         const text = unit(name);
-        for (const line of ['User=shed', 'RuntimeDirectory=shed-extensions', 'RuntimeDirectoryPreserve=yes', 'NoNewPrivileges=yes',
-          'ProtectSystem=strict', 'ProtectHome=yes', 'PrivateTmp=yes', 'UMask=0077']) {
+        const lines = ['User=shed', 'NoNewPrivileges=yes', 'ProtectSystem=strict', 'ProtectHome=yes', 'PrivateTmp=yes', 'UMask=0077',
+          ...(RUNTIME_UNITS.includes(name) ? ['RuntimeDirectory=shed-extensions', 'RuntimeDirectoryPreserve=yes'] : [])];
+        for (const line of lines) {
           expect(text, `${name}: ${line}`).to.match(new RegExp(`^${line.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
         }
       }
+      // The docker helper's unit only checks, once per boot, that the helper runs; it stays active for shed-agent.
+      expect(unit('shed-ext-docker-credentials.service')).to.match(/^Type=oneshot$/m).and.match(/^RemainAfterExit=yes$/m)
+        .and.match(/^ExecStart=\/usr\/local\/bin\/docker-credential-shed version$/m).and.match(/^PrivateNetwork=yes$/m);
       for (const name of ['shed-ext-ssh-agent.service', 'shed-ext-aws-credentials.service']) {
         expect(unit(name)).to.match(/^Restart=always$/m).and.match(/^After=shed-agent\.service/m).and.match(/^Wants=shed-agent\.service$/m)
           .and.match(/^RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6$/m);
@@ -290,6 +298,112 @@ describe('guest packaging', function () {
       expect(doc.Label).to.equal('dev.shed.host-agent');
       expect(doc.ProgramArguments[2]).to.match(/^exec shed-host-agent run /);
       expect(doc).to.include({ RunAtLoad: true, Umask: 0o077 });
+    });
+  });
+
+  describe('extension manifests, read as shed-agent reads them', () => {
+    const ALL = [...EXTENSION_NAMESPACES];
+    const expected = {
+      'ssh-agent': 'shed-ext-ssh-agent.service',
+      'aws-credentials': 'shed-ext-aws-credentials.service',
+      'docker-credentials': 'shed-ext-docker-credentials.service',
+    };
+
+    it('install-guest (bundled and from source) writes one per namespace that shed-agent accepts and enables, with nothing to warn about', async () => {
+      expect(ALL).to.deep.equal([...NAMESPACES]);
+      const bundled = tempDir('shed-root');
+      await install(bundled);
+      const fromSource = tempDir('shed-root');
+      let err = '';
+      expect(await runCli(['install-guest', '--root', fromSource, '--from', bundles.outDir], { stdout: () => undefined, stderr: (t) => (err += t), env: {} }), err).to.equal(0);
+      for (const root of [bundled, fromSource]) {
+        const dir = path.join(root, MANIFEST_DIR);
+        expect(fs.statSync(dir).mode & 0o7777).to.equal(0o755);
+        // shed-server's doctor looks for <name>.yaml; shed-agent keys by the namespace inside: both agree.
+        expect(fs.readdirSync(dir).sort()).to.deep.equal(ALL.map((ns) => `${ns}.yaml`).sort());
+        const seen = await readAsShedAgent(dir, ALL);
+        expect(seen.warnings).to.deep.equal([]);
+        expect(seen.missing).to.deep.equal([]);
+        for (const ns of ALL) {
+          expect(seen.manifests[ns], ns).to.deep.include({ file: `${ns}.yaml`, namespace: ns, systemd_unit: expected[ns] });
+          expect(seen.manifests[ns]!.description, ns).to.match(/host/);
+          const file = path.join(dir, `${ns}.yaml`);
+          expect(fs.statSync(file).mode & 0o7777).to.equal(0o644);
+          expect(fs.readFileSync(file)).to.deep.equal(fs.readFileSync(path.join(REPO_ROOT, 'systemd/guest/shed-extensions.d', `${ns}.yaml`)));
+        }
+        expect(seen.enable).to.deep.equal(ALL.map((ns) => ({ namespace: ns, command: ['systemctl', 'enable', '--now', expected[ns]] })));
+        // A server that enables only some: only those.
+        const some = await readAsShedAgent(dir, ['ssh-agent', 'op']);
+        expect(some.enable.map((e) => e.namespace)).to.deep.equal(['ssh-agent']);
+        expect(some.missing).to.deep.equal(['op']);
+      }
+    });
+
+    it('each unit a manifest names exists in the root and `systemctl enable` makes exactly the links install-guest laid', async () => {
+      const root = tempDir('shed-root');
+      await install(root);
+      fs.mkdirSync(path.join(root, 'usr/lib/systemd'), { recursive: true });
+      fs.cpSync('/lib/systemd/system', path.join(root, 'usr/lib/systemd/system'), { recursive: true, verbatimSymlinks: true });
+      const wants = path.join(root, 'etc/systemd/system/multi-user.target.wants');
+      const laid = snapshot(wants);
+      fs.rmSync(wants, { recursive: true });
+      const seen = await readAsShedAgent(path.join(root, MANIFEST_DIR), ALL);
+      for (const { command } of seen.enable) {
+        // shed-agent's `systemctl enable --now UNIT`, without --now (no systemd runs here), on the image root.
+        const r = await run('systemctl', [`--root=${root}`, 'enable', command[3]!]);
+        expect(r.code, `${command.join(' ')}: ${r.stderr}`).to.equal(0);
+        expect(r.stderr, command.join(' ')).not.to.match(/non-existent|not found|Failed/);
+      }
+      // The token unit comes in through the AWS unit's Requires= when started; install-guest enables it too.
+      const r = await run('systemctl', [`--root=${root}`, 'enable', 'shed-ext-aws-token.service']);
+      expect(r.code, r.stderr).to.equal(0);
+      expect(snapshot(wants)).to.deep.equal(laid);
+    });
+
+    it('the docker helper\'s check runs as its unit runs it: `docker-credential-shed version` through the installed launcher', async () => {
+      const root = tempDir('shed-root');
+      await install(root);
+      const launcher = fs.readFileSync(path.join(root, 'usr/local/bin/docker-credential-shed'), 'utf8');
+      const local = path.join(root, 'docker-credential-shed-local');
+      fs.writeFileSync(local, launcher.replaceAll(LIB_DIR, path.join(root, LIB_DIR)), { mode: 0o755 });
+      const ok = await run(local, ['version'], { env: BARE_ENV });
+      expect(ok.code, ok.stderr).to.equal(0);
+      expect(ok.stdout).to.include(VERSION);
+      // No node: the unit fails, and shed-agent reports the extension's guest side as failed.
+      const noNode = await run('/bin/sh', [local, 'version'], { env: { PATH: '/nonexistent' } });
+      expect(noNode.code).to.equal(127);
+    });
+
+    it('the reader holds shed-agent\'s rules: what it skips, and how (so the checks above can fail)', async () => {
+      const dir = tempDir('shed-man');
+      const write = (name: string, text: string) => fs.writeFileSync(path.join(dir, name), text);
+      // The original shed-extensions' docker manifest: no systemd_unit. shed-agent skips it.
+      write('docker-credentials.yaml', 'namespace: docker-credentials\ndescription: Docker registry credential brokering via shed message bus\n');
+      write('ssh-agent.yml', 'namespace: ssh-agent\nsystemd_unit: a.service\n'); // not .yaml: never read
+      write('aws-credentials.yaml', 'namespace: aws-credentials\nnamespace: again\nsystemd_unit: b.service\n'); // duplicate key: yaml.v3 refuses
+      write('a-first.yaml', 'namespace: ssh-agent\nsystemd_unit: first.service\nunknown_key: ignored\n');
+      write('b-second.yaml', 'namespace: ssh-agent\nsystemd_unit: second.service\n'); // same namespace later: skipped
+      write('list.yaml', '- namespace: x\n');
+      write('empty.yaml', '');
+      write('typed.yaml', 'namespace: 42\nsystemd_unit: yes\n'); // scalars are taken as their text
+      fs.mkdirSync(path.join(dir, 'sub.yaml'));
+      fs.symlinkSync(path.join(dir, 'a-first.yaml'), path.join(dir, 'z-link.yaml'));
+      const seen = await readAsShedAgent(dir, ['docker-credentials', 'ssh-agent', 'aws-credentials', '42']);
+      expect(Object.keys(seen.manifests).sort()).to.deep.equal(['42', 'ssh-agent']);
+      expect(seen.manifests['ssh-agent']).to.deep.include({ file: 'a-first.yaml', systemd_unit: 'first.service' });
+      expect(seen.manifests['42']).to.deep.include({ systemd_unit: 'yes' });
+      expect(seen.missing).to.deep.equal(['docker-credentials', 'aws-credentials']);
+      const warned = (file: string) => seen.warnings.filter((w) => w.startsWith(`${file}: `));
+      expect(warned('docker-credentials.yaml')).to.deep.equal(['docker-credentials.yaml: empty systemd_unit, skipped']);
+      expect(warned('aws-credentials.yaml')[0]).to.match(/mapping key "namespace" already defined/);
+      expect(warned('b-second.yaml')[0]).to.match(/namespace "ssh-agent" already has a manifest/);
+      expect(warned('z-link.yaml')[0]).to.match(/already has a manifest/);
+      expect(warned('list.yaml')[0]).to.match(/cannot unmarshal !!seq/);
+      expect(warned('empty.yaml')).to.deep.equal(['empty.yaml: empty namespace, skipped']);
+      expect(seen.warnings.some((w) => w.includes('ssh-agent.yml') || w.includes('sub.yaml'))).to.equal(false);
+      // No directory at all is no manifest, not an error.
+      const none = await readAsShedAgent(path.join(dir, 'nope'), ['ssh-agent']);
+      expect(none).to.deep.equal({ manifests: {}, warnings: ['no extension manifests found'], enable: [], missing: ['ssh-agent'] });
     });
   });
 

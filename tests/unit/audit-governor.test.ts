@@ -43,6 +43,7 @@ describe('audit governor', () => {
     expect(summary.detail).to.match(/^990 more denied requests \(over audit\.denials_per_minute: 10\): \d+ RATE_LIMITED ssh-agent sign, \d+ RATE_LIMITED ssh-agent unknown "x"; first request r-\d+, last r-\d+$/);
     const written = sink.entries.reduce((n, e) => n + (e.count ?? 1), 0);
     expect(written).to.equal(1000);
+    expect({ summarised: governor.summarised, summaryLines: governor.summaryLines, failed: governor.failedWrites }).to.deep.equal({ summarised: 990, summaryLines: 1, failed: 0 });
     expect(log.lines.filter((l) => /more than 10 denied requests a minute/.test(l))).to.have.length(1);
     // Nothing more to sum up: no empty summary.
     await governor.flush();
@@ -79,5 +80,33 @@ describe('audit governor', () => {
     expect(summary.count).to.equal(40);
     expect(summary.detail.match(/RATE_LIMITED/g)).to.have.length(8);
     expect(summary.detail).to.match(/32 other/);
+  });
+
+  it('counts the lines its sink could not write, and when (for status)', async () => {
+    const log = memoryLogger();
+    let failing = true;
+    const sink = {
+      lastError: undefined as string | undefined,
+      async write() {
+        if (failing) {
+          sink.lastError = 'ENOSPC';
+          throw new Error('ENOSPC');
+        }
+        sink.lastError = undefined;
+      },
+    };
+    const governor = new AuditGovernor(sink, { denialsPerMinute: () => 1, log, now: () => now });
+    await governor.write(line('alpha', 'ok')).catch(() => undefined);
+    await governor.write(line('alpha', 'denied')).catch(() => undefined);
+    await governor.write(line('alpha', 'denied'));
+    await governor.flush();
+    expect(governor.failedWrites).to.equal(3);
+    expect(governor.lastFailureAt).to.equal(new Date(now).toISOString());
+    expect(governor.lastError).to.equal('ENOSPC');
+    failing = false;
+    await governor.write(line('alpha', 'ok'));
+    expect(governor.failedWrites).to.equal(3);
+    expect(governor.lastError).to.equal(undefined);
+    await governor.close();
   });
 });

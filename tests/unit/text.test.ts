@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { createLogger, MAX_LINE } from '../../protocol/log.js';
-import { escapeControls, printable } from '../../protocol/text.js';
+import { escapeControls, printable, terminalSafeJson } from '../../protocol/text.js';
 
 describe('printable text', () => {
   it('escapes controls, bidi and zero-width characters, separators and lone surrogates', () => {
@@ -52,5 +52,16 @@ describe('log lines', () => {
     const [line] = lines('x'.repeat(MAX_LINE * 3));
     expect(line!.length).to.be.lessThan(MAX_LINE + 64);
     expect(line!.endsWith('…')).to.equal(true);
+  });
+
+  it('terminalSafeJson: JSON a terminal cannot be driven by, that parses to the very same value', () => {
+    const value = { a: 'x\u202ey\u200b\u2028\u0085\u007f\n\x1b', emoji: '🔑', tag: '\u{e0041}', nested: ['\u2029'] };
+    for (const space of [undefined, 2]) {
+      const json = terminalSafeJson(value, space);
+      // eslint-disable-next-line no-control-regex -- the point: none may be left raw
+      expect(json).not.to.match(/[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b\u2028\u2029\u202e\u{e0041}]/u);
+      expect(JSON.parse(json)).to.deep.equal(value);
+    }
+    expect(terminalSafeJson({ k: 1 }, 2)).to.equal('{\n  "k": 1\n}');
   });
 });
