@@ -8,6 +8,7 @@
  * Generation is seeded: a failure names its seed, and the same seed gives
  * the same requests.
  */
+import { expect } from 'chai';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -356,20 +357,43 @@ export function auditOf(auditDir: string, shed: string): Array<Record<string, un
  * worked through, in a moment). Resolves with the attack's result and the
  * client's latencies in milliseconds.
  */
-export async function probeWhile<T>(attack: () => Promise<T>, probe: () => Promise<unknown>, min = 20): Promise<{ result: T; latencies: number[] }> {
+export async function probeWhile<T>(attack: () => Promise<T>, probe: () => Promise<unknown>, min = 20): Promise<{ result: T; latencies: number[]; quiet: number[] }> {
+  const timed = async () => {
+    const t0 = performance.now();
+    await probe();
+    return performance.now() - t0;
+  };
+  // The yardstick: the same probe just before, with nothing attacking.
+  const quiet: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    quiet.push(await timed());
+    await new Promise((r) => setTimeout(r, 25));
+  }
   const latencies: number[] = [];
   let done = false;
   const probing = (async () => {
     while (!done || latencies.length < min) {
-      const t0 = performance.now();
-      await probe();
-      latencies.push(performance.now() - t0);
+      latencies.push(await timed());
       await new Promise((r) => setTimeout(r, 25));
     }
   })();
   const result = await attack().finally(() => (done = true));
   await probing;
-  return { result, latencies };
+  return { result, latencies, quiet };
+}
+
+/**
+ * What an attack may do to a well-behaved client's latency: p90 within
+ * 100 ms, or within 5 times its quiet p90 when the machine itself is that
+ * slow (CI shares its CPUs with other work), and never past a second (or
+ * twice that bound). An attack that stalls the service fails either way.
+ */
+export function expectUnharmed({ latencies, quiet }: { latencies: number[]; quiet: number[] }, who = 'the client'): void {
+  expect(latencies.length, `${who} was asked during the attack`).to.be.above(3);
+  const quietP90 = percentile(quiet, 0.9);
+  const bound = Math.max(100, 5 * quietP90);
+  expect(percentile(latencies, 0.9), `${who}'s p90 (ms) of ${latencies.length}, quiet p90 ${quietP90.toFixed(1)} ms`).to.be.below(bound);
+  expect(Math.max(...latencies), `${who}'s slowest answer (ms)`).to.be.below(Math.max(1000, 2 * bound));
 }
 
 /** p-th percentile of `samples` (0..1). */
