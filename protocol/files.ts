@@ -34,3 +34,47 @@ export function readRegularFile(file: string): { st: fs.Stats; data: Buffer } {
     fs.closeSync(fd);
   }
 }
+
+/** The account files soleMemberGroup reads (tests pass their own). */
+export interface AccountFiles {
+  passwd: string;
+  group: string;
+}
+
+function readAccounts(): AccountFiles | undefined {
+  try {
+    return { passwd: fs.readFileSync('/etc/passwd', 'utf8'), group: fs.readFileSync('/etc/group', 'utf8') };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether group `gid` has exactly one member and that member is `uid`: a
+ * user private group, as a umask of 002 makes files group-writable in. The
+ * rule OpenSSH applies to its own config files: a group that is some user's
+ * primary group must be only `uid`'s, its member list must name only that
+ * user, and it must have a member. A group the account files do not know
+ * (NSS: LDAP, sssd) counts as shared: refusing is the safe side.
+ */
+export function soleMemberGroup(gid: number, uid: number, files: AccountFiles | undefined = readAccounts()): boolean {
+  if (!files) return false;
+  const rows = (text: string) => text.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(':'));
+  const group = rows(files.group).find((g) => Number(g[2]) === gid);
+  if (!group) return false;
+  const users = rows(files.passwd);
+  const name = users.find((u) => Number(u[2]) === uid)?.[0];
+  if (name === undefined) return false;
+  let members = 0;
+  for (const u of users) {
+    if (Number(u[3]) !== gid) continue;
+    if (Number(u[2]) !== uid) return false;
+    members += 1;
+  }
+  const listed = (group[3] ?? '').split(',').filter(Boolean);
+  if (listed.length > 0) {
+    if (listed.length > 1 || listed[0] !== name) return false;
+    members += 1;
+  }
+  return members > 0;
+}
