@@ -19,6 +19,7 @@ import { createHandlers } from './namespaces.js';
 import { expandHome } from './policy/effective.js';
 import type { Policy } from './policy/policy.js';
 import { DEFAULT_CONNECTIONS_PER_SHED, DirectSockets } from './transports/direct-sockets.js';
+import type { ServerConnection } from './transports/server-config.js';
 import { ShedServerTransport, type ShedServerTimings } from './transports/shed-server.js';
 import { envelopeOf, type Reply, type Transport } from './transports/transport.js';
 import { FairTurns } from './turns.js';
@@ -125,12 +126,8 @@ export class Broker {
     const server = policy.server;
     if (server) {
       transports.push(new ShedServerTransport({
-        url: server.url,
-        namespaces: server.namespaces ?? this.dispatcher.namespaces,
-        tokenFile: server.token_file && expandHome(server.token_file),
-        tlsPin: server.tls_pin,
-        clientCert: server.client_cert && expandHome(server.client_cert),
-        clientKey: server.client_key && expandHome(server.client_key),
+        server: defaultServerConnection(server),
+        defaultNamespaces: this.dispatcher.namespaces,
         log,
         timings: this.options.shedServerTimings,
       }));
@@ -208,6 +205,19 @@ export class Broker {
     await this.dispatcher?.close();
     await this.audit?.close?.();
   }
+}
+
+/** The top-level `server:` section as the shed transport takes it. */
+function defaultServerConnection(server: NonNullable<Policy['server']>): ServerConnection {
+  return {
+    name: 'default',
+    url: server.url,
+    tlsPin: server.tls_pin,
+    clientCert: server.client_cert && expandHome(server.client_cert),
+    clientKey: server.client_key && expandHome(server.client_key),
+    namespaces: server.namespaces,
+    token: server.token_file ? { kind: 'file', path: expandHome(server.token_file) } : undefined,
+  };
 }
 
 /** The transport sections (`server:`, `direct:`) that differ between two policies. */
