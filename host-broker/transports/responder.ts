@@ -126,8 +126,8 @@ export class Responder {
       log.debug(`${what}: ${reason}; retrying`);
       const delay = delays[attempt]!;
       if (tokens && !tokens.current() && tokens.pending()) {
-        // A token is on its way (after a 401, or the first mint): go as soon as it is here.
-        await tokens.available(AbortSignal.any([signal, AbortSignal.timeout(Math.max(delay, 1000))]));
+        // A token is on its way (after a 401, or the first mint): go as soon as that fetch ends, either way.
+        await Promise.race([tokens.settled(), sleep(Math.max(delay, 1000), signal)]);
       } else {
         await sleep(delay, signal);
       }

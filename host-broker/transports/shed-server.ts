@@ -18,12 +18,13 @@ import type { ServerConnection } from './server-config.js';
 import { isLoopback, ServerHttp } from './server-http.js';
 import { Subscription, type ServerContext } from './subscription.js';
 import { normalizePin, readClientIdentity, type ClientIdentity, type Pin } from './tls.js';
-import { FileTokenSource, type TokenSource } from './token-source.js';
+import type { Credentials } from './credentials.js';
+import { createTokenSource, DEFAULT_TOKEN_TIMINGS, type TokenSource, type TokenTimings } from './token-source.js';
 import type { RequestSink, Transport } from './transport.js';
 
 export { certificatePin, normalizePin } from './tls.js';
 
-export interface ShedServerTimings {
+export interface ShedServerTimings extends TokenTimings {
   /** First reconnect delay (1 s). */
   initialBackoffMs: number;
   /** Longest reconnect delay (30 s). */
@@ -45,6 +46,7 @@ export const DEFAULT_TIMINGS: ShedServerTimings = {
   requestTimeoutMs: 10_000,
   respondRetryMs: [250, 500, 1000, 2000],
   streamIdleMs: 90_000,
+  ...DEFAULT_TOKEN_TIMINGS,
 };
 
 /** Respond calls on the wire at once; more wait for a connection. */
@@ -82,6 +84,7 @@ export class ShedServerTransport implements Transport {
   private responder: Responder | undefined;
   private sink: RequestSink | undefined;
   private stopped = false;
+  private warnedPlain = false;
 
   constructor(private readonly options: ShedServerOptions) {
     const server = options.server;
@@ -188,12 +191,29 @@ export class ShedServerTransport implements Transport {
   private makeTokenSource(): TokenSource | undefined {
     const spec = this.connection.token;
     if (!spec) return undefined;
-    switch (spec.kind) {
-      case 'file':
-        return new FileTokenSource(spec.path, `${this.keyPrefix}.token_file`);
-      default:
-        throw new Error(`${this.keyPrefix}: token source ${spec.kind} is not supported yet`);
+    return createTokenSource(spec, {
+      key: this.keyPrefix,
+      log: this.options.log,
+      timings: { ...DEFAULT_TIMINGS, ...this.options.timings },
+      check: (credentials) => this.checkCredentials(credentials),
+    });
+  }
+
+  /**
+   * A bundle names the server's certificate: it pins TLS when the config
+   * does not. A configured pin that disagrees means one of the two is not
+   * this server: the credentials are refused (and the mint retried).
+   */
+  private checkCredentials(credentials: Credentials): string | undefined {
+    const key = this.keyPrefix;
+    if (credentials.tlsPin && this.configPin && credentials.tlsPin !== this.configPin.hex) {
+      return `${key}.tls_pin (sha256:${this.configPin.hex}) disagrees with the TLS fingerprint the server's credentials name (sha256:${credentials.tlsPin}): refusing them; if the server's certificate changed on purpose, update ${key}.tls_pin (or remove it to use the server's)`;
     }
+    if (credentials.tlsPin && this.base.protocol === 'http:' && !this.warnedPlain) {
+      this.warnedPlain = true;
+      this.options.log.warn(`the server's credentials name a TLS certificate${credentials.httpsPort ? ` (HTTPS on port ${credentials.httpsPort})` : ''}, but ${key}.url ${this.base.origin} is plain http: set ${key}.url to https://…`);
+    }
+    return undefined;
   }
 
   private onEvent(namespace: string, event: EventSourceMessage): void {

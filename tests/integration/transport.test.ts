@@ -15,6 +15,7 @@ import path from 'node:path';
 import { BusClient, BusError, HOST_AGENT_START_HINT, parsePublishUrl } from '../../guest-services/bus-client.js';
 import type { NamespaceHandler, RequestContext } from '../../host-broker/handler.js';
 import { ShedServerTransport } from '../../host-broker/transports/shed-server.js';
+import { MintingTokenSource } from '../../host-broker/transports/token-source.js';
 import { envelopeOf } from '../../host-broker/transports/transport.js';
 import { Envelope, type Payload } from '../../protocol/envelope.js';
 import { memoryLogger } from '../../protocol/log.js';
@@ -403,6 +404,39 @@ describe('the shed-server transport against a scripted server', () => {
     expect(log.lines.join('\n')).to.match(/was not sent: the broker is stopping/);
     expect(Date.now() - t0).to.be.below(200);
     await waitFor(() => s.streams.every((r) => r.destroyed || r.writableEnded || r.socket?.destroyed), 1000, 'the streams to close');
+  });
+
+  it('an answer refused 401 while no new token can be got fails at once, saying why (no retry loop, no hang)', async () => {
+    const s = await scripted([401], (res) => res.write(`event: message\ndata: ${JSON.stringify(request)}\n\n`));
+    const log = memoryLogger('shed-host-agent');
+    let mints = 0;
+    const tokens = new MintingTokenSource({
+      key: 'server',
+      label: 'server.token_command (t)',
+      log,
+      timings: { mintBackoffMs: 60_000, mintMaxBackoffMs: 60_000, minRefreshMs: 60_000, mintTimeoutMs: 1000 },
+      obtain: async () => {
+        mints += 1;
+        if (mints > 1) throw new Error('t exited with status 1: the server is unreachable');
+        return { stdout: 'tok-first' };
+      },
+    });
+    const transport = new ShedServerTransport({ server: { name: 'default', url: s.url, namespaces: ['ssh-agent'] }, log, tokenSource: tokens, timings: { respondRetryMs: [5000, 5000] } });
+    let replied: Promise<void> | undefined;
+    await transport.start((_e, _s, reply) => {
+      replied = reply({ ok: true });
+    });
+    try {
+      await waitFor(() => replied !== undefined, 2000, 'the request');
+      const t0 = Date.now();
+      await replied;
+      expect(Date.now() - t0).to.be.below(2000);
+      expect(s.calls).to.deep.equal([401]);
+      expect(log.lines.join('\n')).to.match(/could not deliver the answer to shed alpha request .* no valid token \(cannot get a token from server\.token_command \(t\): t exited with status 1: the server is unreachable\)/);
+      expect(transport.state()['ssh-agent']).to.equal('connected');
+    } finally {
+      await transport.stop();
+    }
   });
 
   it('takes a stream silent for streamIdleMs for dead and subscribes again; a keep-alive comment keeps it', async () => {
