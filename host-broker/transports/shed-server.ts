@@ -141,6 +141,7 @@ export class ShedServerTransport implements Transport {
         log.warn(`the bearer token goes in clear text to ${this.base.host}: use https:// with ${this.keyPrefix}.tls_pin`);
       }
     }
+    if (this.stopped) return;
     this.http = new ServerHttp({ base: this.base, pin: () => this.pin(), identity, maxRespondSockets: MAX_RESPOND_SOCKETS });
     const ctx: ServerContext = {
       http: this.http,
