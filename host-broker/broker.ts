@@ -8,10 +8,13 @@ import { compile } from 'zod/mini';
 import { compileHotSchemas } from '../protocol/compiled.js';
 import type { Payload } from '../protocol/envelope.js';
 import type { Logger } from '../protocol/log.js';
+import path from 'node:path';
+import { ANSWERED_IDS_FILE, AnsweredIds, REDELIVERY_WINDOW_MS } from './answered-ids.js';
 import { Approvals } from './approval/approvals.js';
 import { AuditLog } from './audit/audit-log.js';
 import type { AuditSink } from './audit/audit.js';
 import { AuditGovernor } from './audit/governor.js';
+import { DedupeWindow } from './dedupe.js';
 import { Dispatcher, type Admission, type Approver } from './dispatch.js';
 import type { NamespaceHandler } from './handler.js';
 import { Limits } from './limits/limits.js';
@@ -44,7 +47,11 @@ export interface BrokerOptions {
   transports?: Transport[];
   /** Reconnect and retry timings of the shed-server transport (tests shorten them). */
   shedServerTimings?: Partial<ShedServerTimings>;
+  /** Where the broker keeps its state (the memory of answered request ids): default ~/.local/state/shed. */
+  stateDir?: string;
 }
+
+export const DEFAULT_STATE_DIR = '~/.local/state/shed';
 
 export class Broker {
   private current: Policy | undefined;
@@ -56,6 +63,7 @@ export class Broker {
   private auditLog: AuditLog | undefined;
   private approvals: Approvals | undefined;
   private limits: Limits | undefined;
+  private answered: AnsweredIds | undefined;
 
   constructor(private readonly options: BrokerOptions) {}
 
@@ -104,7 +112,15 @@ export class Broker {
     if (!this.options.audit) this.auditLog = new AuditLog(policy.audit.dir, { maxBytes: policy.audit.maxBytes, keep: policy.audit.keep, log });
     this.audit = new AuditGovernor(this.options.audit ?? this.auditLog!, { denialsPerMinute: () => this.policy.audit.denialsPerMinute, log });
     const handlers = this.options.handlers ?? createHandlers({ log });
+    // shed-server re-delivers an un-answered request for about an hour, also
+    // to a restarted broker: ids are remembered that long, on disk too, and a
+    // request id that old is accepted (not refused as stale).
+    this.answered = new AnsweredIds({ file: path.join(path.resolve(expandHome(this.options.stateDir ?? DEFAULT_STATE_DIR)), ANSWERED_IDS_FILE), log });
+    const answered = this.answered;
+    const dedupe = new DedupeWindow({ windowMs: REDELIVERY_WINDOW_MS, onTake: (shed, id, at) => answered.record(shed, id, at) });
+    for (const e of answered.load()) dedupe.seed(e.shed, e.id, e.at);
     this.dispatcher = new Dispatcher({
+      dedupe,
       policy: () => this.policy,
       handlers,
       audit: this.audit,
@@ -203,6 +219,7 @@ export class Broker {
     this.approvals?.close();
     for (const t of this.transports.splice(0)) await t.stop();
     await this.dispatcher?.close();
+    this.answered?.close();
     await this.audit?.close?.();
   }
 }

@@ -196,6 +196,11 @@ export class ShedServerEmulator {
     this.failing = n;
   }
 
+  /** The ids of the requests shed-server holds as pending, oldest first. */
+  pendingIds(): string[] {
+    return [...this.channels.values()].flatMap((c) => [...c.outstanding.keys()]).sort();
+  }
+
   /** Whether shed-server still holds a request as pending. */
   isPending(requestId: string): boolean {
     return [...this.channels.values()].some((c) => c.outstanding.has(requestId));
