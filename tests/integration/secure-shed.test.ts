@@ -170,6 +170,25 @@ describe('secure-mode shed server: tokens minted over SSH', function () {
     expect(h.log.lines.join('\n')).not.to.include(control);
   });
 
+  it('409 for a second listener holding the namespace (with a valid token): said plainly, taken over once it leaves', async () => {
+    shed = await startSecureShed();
+    const token = shed.authority.mint('credentials', 'other-agent').token as string;
+    let rogue: import('node:http').ClientRequest | undefined;
+    await new Promise<void>((resolve, reject) => {
+      rogue = https.get(`${shed!.server.url}/api/plugins/listeners/ssh-agent/messages`, { headers: { accept: 'text/event-stream', authorization: `Bearer ${token}` }, rejectUnauthorized: false }, (res) => {
+        expect(res.statusCode).to.equal(200);
+        resolve();
+      });
+      rogue.on('error', reject);
+    });
+    h = await startShedBroker({ policy, handlers: [recorder()], emulator: shed.server, connection: shed.connection() });
+    const state = transportOf(h).state()['ssh-agent']!;
+    expect(state).to.equal(`reconnecting: another listener holds namespace ssh-agent on ${shed.server.url} (409 NAMESPACE_ALREADY_REGISTERED): stop the other shed-host-agent`);
+    rogue!.destroy();
+    await waitFor(() => transportOf(h!).state()['ssh-agent'] === 'connected', 5000, 'the take-over');
+    expect(await client().publish('ssh-agent', { operation: 'list', echo: 409 })).to.deep.equal({ shed: 'alpha', echo: 409, operation: 'list' });
+  });
+
   it('a configured tls_pin that disagrees with the bundle\'s fingerprint: refuses the credentials and says so', async () => {
     shed = await startSecureShed();
     const wrong = `sha256:${'ab'.repeat(32)}`;
