@@ -107,6 +107,7 @@ export class Subscription {
     let token: string | undefined;
     if (tokens) {
       await tokens.firstOutcome;
+      if (this.stopping) return;
       token = tokens.current();
       if (!token) {
         // No token to send: say why, and wait for one without polling.
