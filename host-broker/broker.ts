@@ -8,10 +8,13 @@ import { compile } from 'zod/mini';
 import { compileHotSchemas } from '../protocol/compiled.js';
 import type { Payload } from '../protocol/envelope.js';
 import type { Logger } from '../protocol/log.js';
+import path from 'node:path';
+import { ANSWERED_IDS_FILE, AnsweredIds, REDELIVERY_WINDOW_MS } from './answered-ids.js';
 import { Approvals } from './approval/approvals.js';
 import { AuditLog } from './audit/audit-log.js';
 import type { AuditSink } from './audit/audit.js';
 import { AuditGovernor } from './audit/governor.js';
+import { DedupeWindow } from './dedupe.js';
 import { Dispatcher, type Admission, type Approver } from './dispatch.js';
 import type { NamespaceHandler } from './handler.js';
 import { Limits } from './limits/limits.js';
@@ -19,9 +22,11 @@ import { createHandlers } from './namespaces.js';
 import { expandHome } from './policy/effective.js';
 import type { Policy } from './policy/policy.js';
 import { DEFAULT_CONNECTIONS_PER_SHED, DirectSockets } from './transports/direct-sockets.js';
+import type { ServerConnection } from './transports/server-config.js';
 import { ShedServerTransport, type ShedServerTimings } from './transports/shed-server.js';
 import { envelopeOf, type Reply, type Transport } from './transports/transport.js';
 import { FairTurns } from './turns.js';
+import { stateDirOf } from './status/server.js';
 import { DEFAULT_SERVER, shedKey, VIA_DIRECT, type ShedOrigin } from './origin.js';
 
 export interface BrokerOptions {
@@ -44,7 +49,10 @@ export interface BrokerOptions {
   transports?: Transport[];
   /** Reconnect and retry timings of the shed-server transport (tests shorten them). */
   shedServerTimings?: Partial<ShedServerTimings>;
+  /** Where the broker keeps its state (the memory of answered request ids): default ~/.local/state/shed. */
+  stateDir?: string;
 }
+
 
 /** A shed-server the broker subscribes to, as `status` names it. */
 export interface ServerEntry {
@@ -87,6 +95,7 @@ export class Broker {
   private auditLog: AuditLog | undefined;
   private approvals: Approvals | undefined;
   private limits: Limits | undefined;
+  private answered: AnsweredIds | undefined;
 
   constructor(private readonly options: BrokerOptions) {}
 
@@ -175,7 +184,15 @@ export class Broker {
     if (!this.options.audit) this.auditLog = new AuditLog(policy.audit.dir, { maxBytes: policy.audit.maxBytes, keep: policy.audit.keep, log });
     this.audit = new AuditGovernor(this.options.audit ?? this.auditLog!, { denialsPerMinute: () => this.policy.audit.denialsPerMinute, log });
     const handlers = this.options.handlers ?? createHandlers({ log });
+    // shed-server re-delivers an un-answered request for about an hour, also
+    // to a restarted broker: ids are remembered that long, on disk too, and a
+    // request id that old is accepted (not refused as stale).
+    this.answered = new AnsweredIds({ file: path.join(stateDirOf(this.options.stateDir), ANSWERED_IDS_FILE), log });
+    const answered = this.answered;
+    const dedupe = new DedupeWindow({ windowMs: REDELIVERY_WINDOW_MS, onTake: (shed, id, at) => answered.record(shed, id, at) });
+    for (const e of answered.load()) dedupe.seed(e.shed, e.id, e.at);
     this.dispatcher = new Dispatcher({
+      dedupe,
       policy: () => this.policy,
       handlers,
       audit: this.audit,
@@ -197,12 +214,8 @@ export class Broker {
     const server = policy.server;
     if (server) {
       const transport = new ShedServerTransport({
-        url: server.url,
-        namespaces: server.namespaces ?? this.dispatcher.namespaces,
-        tokenFile: server.token_file && expandHome(server.token_file),
-        tlsPin: server.tls_pin,
-        clientCert: server.client_cert && expandHome(server.client_cert),
-        clientKey: server.client_key && expandHome(server.client_key),
+        server: defaultServerConnection(server),
+        defaultNamespaces: this.dispatcher.namespaces,
         log,
         timings: this.options.shedServerTimings,
       });
@@ -287,8 +300,22 @@ export class Broker {
     this.approvals?.close();
     for (const t of this.transports.splice(0)) await t.stop();
     await this.dispatcher?.close();
+    this.answered?.close();
     await this.audit?.close?.();
   }
+}
+
+/** The top-level `server:` section as the shed transport takes it. */
+function defaultServerConnection(server: NonNullable<Policy['server']>): ServerConnection {
+  return {
+    name: 'default',
+    url: server.url,
+    tlsPin: server.tls_pin,
+    clientCert: server.client_cert && expandHome(server.client_cert),
+    clientKey: server.client_key && expandHome(server.client_key),
+    namespaces: server.namespaces,
+    token: server.token_file ? { kind: 'file', path: expandHome(server.token_file) } : undefined,
+  };
 }
 
 /** The transport sections (`server:`, `direct:`) that differ between two policies. */

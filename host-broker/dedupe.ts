@@ -14,6 +14,8 @@ export interface DedupeOptions {
   /** Sheds remembered; past that the least recently active is forgotten (4096). */
   maxSheds?: number;
   now?: () => number;
+  /** Told of every id taken (answered-ids.ts keeps them across a restart). */
+  onTake?: (shed: string, id: string, at: number) => void;
 }
 
 export class DedupeWindow {
@@ -21,11 +23,13 @@ export class DedupeWindow {
   private readonly perShed: number;
   private readonly now: () => number;
   private readonly sheds: BoundedMap<string, BoundedMap<string, true>>;
+  private readonly onTake: DedupeOptions['onTake'];
 
   constructor(options: DedupeOptions = {}) {
     this.windowMs = options.windowMs ?? 10 * 60_000;
     this.perShed = options.perShed ?? 10_000;
     this.now = options.now ?? Date.now;
+    this.onTake = options.onTake;
     this.sheds = new BoundedMap({ maxEntries: options.maxSheds ?? 4096, order: 'lru', ttlMs: this.windowMs, now: this.now });
   }
 
@@ -39,7 +43,18 @@ export class DedupeWindow {
     this.sheds.set(shed, seen);
     if (seen.has(id)) return false;
     seen.set(id, true);
+    this.onTake?.(shed, id, this.now());
     return true;
+  }
+
+  /** Remember an id taken at `at` (before a restart), for what is left of the window. */
+  seed(shed: string, id: string, at: number): void {
+    const left = this.windowMs - (this.now() - at);
+    if (left <= 0) return;
+    let seen = this.sheds.get(shed);
+    if (!seen) seen = new BoundedMap({ maxEntries: this.perShed, ttlMs: this.windowMs, now: this.now });
+    this.sheds.set(shed, seen);
+    seen.set(id, true, left);
   }
 
   /** Ids remembered, across sheds. */

@@ -16,7 +16,7 @@ import { statusAnswer } from '../status/snapshot.js';
 import { StatusServer, statusSocketPath } from '../status/server.js';
 
 export interface RunOptions {
-  /** Where the status socket goes (default ~/.local/state/shed). */
+  /** Where the status socket and the memory of answered request ids go (default ~/.local/state/shed). */
   stateDir?: string;
 }
 
@@ -29,6 +29,7 @@ export async function runBroker(configPath: string, log: Logger, options: RunOpt
       return policy;
     },
     log,
+    stateDir: options.stateDir,
   });
   const status = new StatusServer({
     socketPath: statusSocketPath(options.stateDir),

@@ -122,7 +122,7 @@ describe('shed-host-agent status', function () {
       const down = await statusCli(home);
       expect(down.code).to.equal(0);
       for (const ns of NAMESPACES) {
-        expect(down.stdout).to.match(new RegExp(`^  ${ns} +reconnecting: .*${ns} .*127\\.0\\.0\\.1:${port}.*(connection refused|closed)`, 'm'));
+        expect(down.stdout).to.match(new RegExp(`^  ${ns} +reconnecting: .*(connection refused|refused the connection|closed)`, 'm'));
       }
 
       // It comes back on the same address: connected again.
@@ -225,7 +225,7 @@ describe('shed-host-agent status', function () {
     try {
       const held = statusAnswer(h.broker, meta);
       expect(held.phase).to.equal('running');
-      expect(held.servers[0]!.namespaces['ssh-agent']).to.match(/^reconnecting: subscribing to ssh-agent on .*: another listener holds namespace ssh-agent .*\(409 NAMESPACE_ALREADY_REGISTERED\): stop the other shed-host-agent$/);
+      expect(held.servers[0]!.namespaces['ssh-agent']).to.match(/^reconnecting: another listener holds .*ssh-agent.*409/);
       expect(held.servers[0]!.namespaces['aws-credentials']).to.equal('connected');
       expect(held.direct).to.deep.equal({ enabled: false, connections: 0, sheds: [] });
       other!.destroy();

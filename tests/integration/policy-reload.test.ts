@@ -51,7 +51,7 @@ async function start(kind: 'direct' | 'shed', body: string, handlers: NamespaceH
     const socks = path.join(dir, 'socks');
     head = `version: 1\ndirect: { sockets_dir: ${socks} }\n`;
     fs.writeFileSync(file, head + body, { mode: 0o600 });
-    const broker = new Broker({ loadPolicy, log, audit, handlers });
+    const broker = new Broker({ loadPolicy, log, audit, handlers, stateDir: path.join(dir, 'state') });
     await broker.start();
     watcher = new PolicyWatcher({ file, onChange: () => broker.reload(), log, debounceMs: 50 });
     return {

@@ -15,6 +15,7 @@ import path from 'node:path';
 import { BusClient, BusError, HOST_AGENT_START_HINT, parsePublishUrl } from '../../guest-services/bus-client.js';
 import type { NamespaceHandler, RequestContext } from '../../host-broker/handler.js';
 import { ShedServerTransport } from '../../host-broker/transports/shed-server.js';
+import { MintingTokenSource } from '../../host-broker/transports/token-source.js';
 import { envelopeOf } from '../../host-broker/transports/transport.js';
 import { Envelope, type Payload } from '../../protocol/envelope.js';
 import { memoryLogger } from '../../protocol/log.js';
@@ -307,16 +308,17 @@ describe('the shed-server transport', () => {
   it('backs off 1 s → 30 s doubling (scaled down here) while shed-server is down, and stops promptly', async () => {
     const port = await freePort();
     const log = memoryLogger('shed-host-agent');
-    const transport = new ShedServerTransport({
-      url: `http://127.0.0.1:${port}`,
-      namespaces: ['ssh-agent'],
+    const transport = new ShedServerTransport({ server: { name: 'default', url: `http://127.0.0.1:${port}`, namespaces: ['ssh-agent'] },
       log,
       timings: { initialBackoffMs: 20, maxBackoffMs: 160, resetAfterMs: 10_000 },
     });
     await transport.start(() => undefined);
     await waitFor(() => log.lines.filter((l) => l.includes('reconnecting in')).length >= 6, 5000, 'six attempts');
+    expect(transport.server).to.equal('default');
+    expect(transport.state()).to.deep.equal({ 'ssh-agent': 'reconnecting: connection refused (is shed-server running? check server.url)' });
     const t0 = Date.now();
     await transport.stop();
+    expect(transport.state()).to.deep.equal({ 'ssh-agent': 'stopped' });
     expect(Date.now() - t0).to.be.below(100);
     const delays = log.lines.filter((l) => l.includes('reconnecting in')).map((l) => Number(/reconnecting in (\d+) ms/.exec(l)![1]));
     // ±20 % jitter around 20, 40, 80, 160, 160, 160.
@@ -365,7 +367,7 @@ describe('the shed-server transport against a scripted server', () => {
   it('retries a respond that failed (5xx, reset) and succeeds on a later try', async () => {
     const s = await scripted([503, 0, 204], (res) => res.write(`event: message\ndata: ${JSON.stringify(request)}\n\n`));
     const log = memoryLogger('shed-host-agent');
-    const transport = new ShedServerTransport({ url: s.url, namespaces: ['ssh-agent'], log, timings: { respondRetryMs: [20, 20, 20] } });
+    const transport = new ShedServerTransport({ server: { name: 'default', url: s.url, namespaces: ['ssh-agent'] }, log, timings: { respondRetryMs: [20, 20, 20] } });
     const replied = new Promise<void>((resolve, reject) => {
       void transport.start((incoming, shed, reply) => {
         expect([envelopeOf(incoming)?.id, shed]).to.deep.equal([request.id, 'alpha']);
@@ -380,7 +382,7 @@ describe('the shed-server transport against a scripted server', () => {
   it('gives up after a few seconds of failed responds, and stop() ends retries and streams at once', async () => {
     const s = await scripted([500], (res) => res.write(`event: message\ndata: ${JSON.stringify(request)}\n\n`));
     const log = memoryLogger('shed-host-agent');
-    const transport = new ShedServerTransport({ url: s.url, namespaces: ['ssh-agent'], log, timings: { respondRetryMs: [20, 40] } });
+    const transport = new ShedServerTransport({ server: { name: 'default', url: s.url, namespaces: ['ssh-agent'] }, log, timings: { respondRetryMs: [20, 40] } });
     // The transport tells the log, not the dispatcher: a reply never fails.
     const outcome = new Promise<string>((resolve) => {
       void transport.start((_envelope, _shed, reply) => reply({ ok: true }).then(() => resolve('settled'), () => resolve('rejected')));
@@ -390,7 +392,7 @@ describe('the shed-server transport against a scripted server', () => {
     expect(s.calls).to.have.length(3);
     await transport.stop();
 
-    const slow = new ShedServerTransport({ url: s.url, namespaces: ['ssh-agent'], log, timings: { respondRetryMs: [5000] } });
+    const slow = new ShedServerTransport({ server: { name: 'default', url: s.url, namespaces: ['ssh-agent'] }, log, timings: { respondRetryMs: [5000] } });
     let pending: Promise<unknown> | undefined;
     await slow.start((_e, _s, reply) => {
       pending = reply({ ok: true }).then(() => 'sent', (e: Error) => e.message);
@@ -404,6 +406,39 @@ describe('the shed-server transport against a scripted server', () => {
     await waitFor(() => s.streams.every((r) => r.destroyed || r.writableEnded || r.socket?.destroyed), 1000, 'the streams to close');
   });
 
+  it('an answer refused 401 while no new token can be got fails at once, saying why (no retry loop, no hang)', async () => {
+    const s = await scripted([401], (res) => res.write(`event: message\ndata: ${JSON.stringify(request)}\n\n`));
+    const log = memoryLogger('shed-host-agent');
+    let mints = 0;
+    const tokens = new MintingTokenSource({
+      key: 'server',
+      label: 'server.token_command (t)',
+      log,
+      timings: { mintBackoffMs: 60_000, mintMaxBackoffMs: 60_000, minRefreshMs: 60_000, mintTimeoutMs: 1000 },
+      obtain: async () => {
+        mints += 1;
+        if (mints > 1) throw new Error('t exited with status 1: the server is unreachable');
+        return { stdout: 'tok-first' };
+      },
+    });
+    const transport = new ShedServerTransport({ server: { name: 'default', url: s.url, namespaces: ['ssh-agent'] }, log, tokenSource: tokens, timings: { respondRetryMs: [5000, 5000] } });
+    let replied: Promise<void> | undefined;
+    await transport.start((_e, _s, reply) => {
+      replied = reply({ ok: true });
+    });
+    try {
+      await waitFor(() => replied !== undefined, 2000, 'the request');
+      const t0 = Date.now();
+      await replied;
+      expect(Date.now() - t0).to.be.below(2000);
+      expect(s.calls).to.deep.equal([401]);
+      expect(log.lines.join('\n')).to.match(/could not deliver the answer to shed alpha request .* no valid token \(cannot get a token from server\.token_command \(t\): t exited with status 1: the server is unreachable\)/);
+      expect(transport.state()['ssh-agent']).to.equal('connected');
+    } finally {
+      await transport.stop();
+    }
+  });
+
   it('takes a stream silent for streamIdleMs for dead and subscribes again; a keep-alive comment keeps it', async () => {
     const s = await scripted([204], (res) => {
       // The first stream says nothing at all; the second writes a comment every 50 ms.
@@ -413,9 +448,10 @@ describe('the shed-server transport against a scripted server', () => {
       }
     });
     const log = memoryLogger('shed-host-agent');
-    const transport = new ShedServerTransport({ url: s.url, namespaces: ['ssh-agent'], log, timings: { streamIdleMs: 300, initialBackoffMs: 20 } });
+    const transport = new ShedServerTransport({ server: { name: 'default', url: s.url, namespaces: ['ssh-agent'] }, log, timings: { streamIdleMs: 300, initialBackoffMs: 20 } });
     await transport.start(() => undefined);
     try {
+      expect(transport.state()).to.deep.equal({ 'ssh-agent': 'connected' });
       await waitFor(() => s.streams.length === 2, 5000, 'a second subscription');
       expect(log.lines.join('\n')).to.match(/the ssh-agent stream from .* broke: silent for 300 ms; reconnecting/);
       await new Promise((r) => setTimeout(r, 800));
@@ -433,7 +469,7 @@ describe('the shed-server transport against a scripted server', () => {
     });
     let streamsSeen = 0;
     const log = memoryLogger('shed-host-agent');
-    const transport = new ShedServerTransport({ url: s.url, namespaces: ['ssh-agent'], log, timings: { initialBackoffMs: 20, maxBackoffMs: 1000, resetAfterMs: 200 } });
+    const transport = new ShedServerTransport({ server: { name: 'default', url: s.url, namespaces: ['ssh-agent'] }, log, timings: { initialBackoffMs: 20, maxBackoffMs: 1000, resetAfterMs: 200 } });
     await transport.start(() => undefined);
     await waitFor(() => log.lines.filter((l) => l.includes('reconnecting in')).length >= 4, 5000, 'four reconnects');
     await transport.stop();

@@ -16,9 +16,12 @@ import type net from 'node:net';
 import { isDeepStrictEqual } from 'node:util';
 import { PUBLISH_API_STATUS, PublishApiCode } from '../../protocol/codes.js';
 import { AGENT_WAIT_LIMIT_MS, apiErrorBody, describeIssues, Envelope, isShedName, MAX_BODY_BYTES, type Payload, type ShedInfo } from '../../protocol/envelope.js';
-import { requestEnvelope } from '../../protocol/messages.js';
-import type { ShedServerTimings } from '../../host-broker/transports/shed-server.js';
+import { requestEnvelope, uuidv7Time } from '../../protocol/messages.js';
+import type { ServerConnection } from '../../host-broker/transports/server-config.js';
+import { ShedServerTransport, type ShedServerTimings } from '../../host-broker/transports/shed-server.js';
+import { memoryLogger } from '../../protocol/log.js';
 import { startHarness, type Harness, type HarnessOptions } from './harness.js';
+import type { TokenAuthority } from './secure-shed.js';
 
 /** Why a request from a shed got no response (shed-agent's codes). */
 export class ChannelError extends Error {
@@ -30,6 +33,13 @@ export class ChannelError extends Error {
 export interface ShedServerEmulatorOptions {
   /** Require `Authorization: Bearer <token>` on every call (401 otherwise). */
   token?: string;
+  /**
+   * Secure mode (PROTOCOL.md 3a): bearer tokens minted by this authority,
+   * scope-checked (`credentials` for the plugin API, a `control` token gets
+   * 403), 401 once expired or revoked; a stream whose token expires or is
+   * revoked is cut.
+   */
+  authority?: TokenAuthority;
   /** Serve HTTPS with this certificate; `clientCa` makes a client certificate signed by it mandatory (mutual TLS). */
   tls?: { cert: string | Buffer; key: string | Buffer; clientCa?: string | Buffer };
   /** Re-send un-answered requests to a listener that (re)subscribes. Default: on when auth is (token or TLS), as shed-server does. */
@@ -55,7 +65,12 @@ interface Listener {
   res: http.ServerResponse;
   since: string;
   heartbeat?: NodeJS.Timeout;
+  /** The token it subscribed with (secure mode): the stream ends when that token does. */
+  token?: string;
 }
+
+/** How long shed-server keeps an un-answered request for re-delivery. */
+const PENDING_KEEP_MS = 3600_000;
 
 /** shed's namespace names: lowercase, digits, dots, dashes, underscores; `system:` is shed's own. */
 const NAMESPACE_RE = /^[a-z0-9][a-z0-9._-]{0,127}$/;
@@ -77,9 +92,27 @@ export class ShedServerEmulator {
   private readonly redeliver: boolean;
   private readonly sockets = new Set<net.Socket>();
   private address = '';
+  private sweeper: NodeJS.Timeout | undefined;
+  /** Respond calls still to fail with 503 (failRespondsFor). */
+  private failing = 0;
+  /** Respond calls refused with 503 by failRespondsFor, per request id. */
+  readonly failedResponds = new Map<string, number>();
+  /** Requests re-sent on a (re)subscribe, in the order sent. */
+  readonly redelivered: string[] = [];
 
   constructor(private readonly options: ShedServerEmulatorOptions = {}) {
-    this.redeliver = options.redeliver ?? Boolean(options.token || options.tls);
+    this.redeliver = options.redeliver ?? Boolean(options.token || options.tls || options.authority);
+    if (options.authority) {
+      // A stream lives as long as its token: cut the ones whose token expired or was revoked.
+      this.sweeper = setInterval(() => {
+        for (const l of [...this.listeners.values()]) {
+          if (l.token && !options.authority!.valid(l.token)) {
+            this.unregister(l);
+            l.res.destroy();
+          }
+        }
+      }, 50);
+    }
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => this.onRequest(req, res);
     if (options.tls) {
       const tlsOptions: https.ServerOptions = { cert: options.tls.cert, key: options.tls.key };
@@ -117,6 +150,7 @@ export class ShedServerEmulator {
 
   /** Stop listening; every stream ends and every shed's channel drops (CONNECTION_LOST to waiting guests). */
   async stop(): Promise<void> {
+    clearInterval(this.sweeper);
     for (const name of [...this.channels.keys()]) this.disconnectShed(name);
     this.dropStreams();
     await new Promise<void>((resolve) => {
@@ -155,6 +189,21 @@ export class ShedServerEmulator {
       this.unregister(l);
       l.res.destroy();
     }
+  }
+
+  /** The next `n` respond calls get 503 (an answer that does not get through). */
+  failRespondsFor(n: number): void {
+    this.failing = n;
+  }
+
+  /** The ids of the requests shed-server holds as pending, oldest first. */
+  pendingIds(): string[] {
+    return [...this.channels.values()].flatMap((c) => [...c.outstanding.keys()]).sort();
+  }
+
+  /** Whether shed-server still holds a request as pending. */
+  isPending(requestId: string): boolean {
+    return [...this.channels.values()].some((c) => c.outstanding.has(requestId));
   }
 
   /** How many responses arrived for a request id. */
@@ -224,6 +273,14 @@ export class ShedServerEmulator {
       sendError(res, 401, 'UNAUTHORIZED', auth ? 'invalid token' : 'missing bearer token');
       return;
     }
+    if (this.options.authority && url.startsWith('/api/plugins/')) {
+      const verdict = this.options.authority.verify(auth, 'credentials');
+      if (!verdict.ok) {
+        req.resume();
+        sendError(res, verdict.status, verdict.code, verdict.message);
+        return;
+      }
+    }
     if (req.method === 'GET' && url === '/api/plugins/listeners') {
       req.resume();
       sendJson(res, 200, { listeners: [...this.listeners.values()].map((l) => ({ namespace: l.namespace, connected_at: l.since })) });
@@ -277,16 +334,31 @@ export class ShedServerEmulator {
     }
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
     res.flushHeaders();
-    const listener: Listener = { namespace, res, since: new Date().toISOString() };
+    const bearer = /^Bearer (.+)$/.exec(String(req.headers.authorization ?? ''))?.[1];
+    const listener: Listener = { namespace, res, since: new Date().toISOString(), token: this.options.authority ? bearer : undefined };
     this.listeners.set(namespace, listener);
     if (this.options.heartbeatMs) {
       listener.heartbeat = setInterval(() => res.write(': keepalive\n\n'), this.options.heartbeatMs);
     }
     res.on('close', () => this.unregister(listener));
     if (this.redeliver) {
+      // Oldest first (ids are UUIDv7, so time-ordered); swept after about an hour.
+      const pending: Outstanding[] = [];
       for (const channel of this.channels.values()) {
-        for (const o of channel.outstanding.values()) {
-          if (o.envelope.namespace === namespace && this.send(namespace, o.envelope)) o.deliveries++;
+        for (const [id, o] of channel.outstanding) {
+          if (Date.now() - (uuidv7Time(id) ?? 0) > PENDING_KEEP_MS) {
+            channel.outstanding.delete(id);
+            this.remember(id);
+          } else if (o.envelope.namespace === namespace) {
+            pending.push(o);
+          }
+        }
+      }
+      pending.sort((a, b) => (a.envelope.id < b.envelope.id ? -1 : a.envelope.id > b.envelope.id ? 1 : 0));
+      for (const o of pending) {
+        if (this.send(namespace, o.envelope)) {
+          o.deliveries++;
+          this.redelivered.push(o.envelope.id);
         }
       }
     }
@@ -345,6 +417,12 @@ export class ShedServerEmulator {
       if (response.namespace !== namespace) this.violations.push(`respond on ${namespace}: the envelope names namespace ${response.namespace}`);
       const requestId = response.in_reply_to ?? '';
       if (!requestId) this.violations.push(`respond on ${namespace}: no in_reply_to`);
+      if (this.failing > 0) {
+        this.failing -= 1;
+        this.failedResponds.set(requestId, (this.failedResponds.get(requestId) ?? 0) + 1);
+        sendError(res, 503, 'UNAVAILABLE', 'shed-server cannot take answers right now');
+        return;
+      }
       this.responses.set(requestId, (this.responses.get(requestId) ?? 0) + 1);
       const channel = this.channels.get(shedName);
       if (!channel) {
@@ -352,6 +430,12 @@ export class ShedServerEmulator {
         return;
       }
       const o = channel.outstanding.get(requestId);
+      if (!o && this.options.authority) {
+        // Ownership (auth on): an answer to no pending request of that shed is refused, and that request is over.
+        if (this.responseCount(requestId) > 1) this.violations.push(`respond on ${namespace}: request ${requestId} answered ${this.responseCount(requestId)} times`);
+        sendError(res, 403, 'REQUEST_NOT_PENDING', `no pending request ${requestId} of shed ${shedName}`);
+        return;
+      }
       if (!o) {
         if (!this.closed.has(requestId)) {
           const elsewhere = [...this.channels.values()].find((c) => c.outstanding.has(requestId));
@@ -562,6 +646,14 @@ function tooLarge(req: http.IncomingMessage, res: http.ServerResponse): void {
 export interface ShedHarnessOptions extends HarnessOptions {
   /** The emulated shed-server's options (token, TLS, re-delivery). */
   server?: ShedServerEmulatorOptions;
+  /** A shed-server emulator already running (a secure one, secure-shed.ts): used instead of a new one, and left running. */
+  emulator?: ShedServerEmulator;
+  /**
+   * The broker's transport built from this connection (token_command,
+   * bootstrap: what the policy's `server:` cannot say yet) rather than from
+   * the policy's `server:` section; its url is the emulator's unless given.
+   */
+  connection?: Omit<ServerConnection, 'url'> & { url?: string };
   /** Extra keys of the policy's `server:` section (token_file, tls_pin, client_cert, …); `url` is filled in. */
   serverPolicy?: Record<string, unknown>;
   /** shed-agent's wait limit (30 s). */
@@ -578,7 +670,15 @@ export interface ShedHarness extends Harness {
   agent(shed: string): ShedAgentEmulator;
 }
 
-export const FAST_TIMINGS: Partial<ShedServerTimings> = { initialBackoffMs: 50, maxBackoffMs: 400, resetAfterMs: 2000, respondRetryMs: [50, 100, 200] };
+export const FAST_TIMINGS: Partial<ShedServerTimings> = {
+  initialBackoffMs: 50,
+  maxBackoffMs: 400,
+  resetAfterMs: 2000,
+  respondRetryMs: [50, 100, 200],
+  mintBackoffMs: 100,
+  mintMaxBackoffMs: 800,
+  minRefreshMs: 200,
+};
 
 const SPARE_AGENTS = 4;
 
@@ -588,8 +688,9 @@ const SPARE_AGENTS = 4;
  * policy has `server: {url}` and direct sockets off.
  */
 export async function startShedBroker(options: ShedHarnessOptions): Promise<ShedHarness> {
-  const server = new ShedServerEmulator(options.server);
-  await server.start();
+  const owned = !options.emulator;
+  const server = options.emulator ?? new ShedServerEmulator(options.server);
+  if (owned) await server.start();
   const agents = new Map<string, ShedAgentEmulator>();
   const spares: ShedAgentEmulator[] = [];
   const starting = new Set<Promise<void>>();
@@ -627,25 +728,39 @@ export async function startShedBroker(options: ShedHarnessOptions): Promise<Shed
     await options.beforeBroker?.(server);
   } catch (err) {
     await Promise.all([...agents.values(), ...spares].map((a) => a.stop()));
-    await server.stop();
+    if (owned) await server.stop();
     throw err;
   }
   const stopEmulators = async () => {
     await Promise.all([...starting]);
     await Promise.all([...agents.values(), ...spares].map((a) => a.stop()));
-    await server.stop();
+    if (owned) await server.stop();
   };
+  const timings = { ...FAST_TIMINGS, ...options.timings };
+  const log = (options.log as ShedHarness['log'] | undefined) ?? memoryLogger('shed-host-agent');
+  const connection = options.connection;
   let harness: Harness;
   try {
-    harness = await startHarness(options, {
+    harness = await startHarness({ ...options, log }, {
       prefix: 'shed-s',
-      policy: (doc) => ({
-        ...doc,
-        server: { ...(doc.server as object | undefined), ...options.serverPolicy, url: server.url },
-        direct: { enabled: false },
-      }),
+      policy: (doc) => connection
+        ? { ...doc, direct: { enabled: false } }
+        : {
+          ...doc,
+          server: { ...(doc.server as object | undefined), ...options.serverPolicy, url: server.url },
+          direct: { enabled: false },
+        },
       publishUrl: (shed) => agent(shed).url,
-      broker: { shedServerTimings: { ...FAST_TIMINGS, ...options.timings } },
+      broker: connection
+        ? {
+          transports: [new ShedServerTransport({
+            server: { ...connection, url: connection.url ?? server.url },
+            defaultNamespaces: (options.handlers ?? []).map((h) => h.namespace),
+            log,
+            timings,
+          })],
+        }
+        : { shedServerTimings: timings },
       afterStop: stopEmulators,
     });
   } catch (err) {

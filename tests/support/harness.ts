@@ -73,6 +73,7 @@ export async function startHarness(options: HarnessOptions, transport: HarnessTr
     log,
     audit,
     handlers: options.handlers,
+    stateDir: path.join(dir, 'state'),
     ...transport.broker,
     ...options.broker,
   });
