@@ -111,7 +111,8 @@ export const ApprovalSection = z.strictObject({
   applies_to: z.array(z.enum(['ssh-agent', 'aws-credentials'])).optional(),
 });
 
-const Bucket = z.strictObject({
+/** A token bucket; `burst` defaults to a tenth of `per_minute` (at least 1). */
+export const BucketSection = z.strictObject({
   per_minute: z.number().int().positive(),
   burst: z.number().int().positive().optional(),
 });
@@ -121,9 +122,9 @@ export const LimitsSection = z.strictObject({
   max_concurrent: z.number().int().positive().optional(),
   /** Connections one shed may hold open on its direct socket; more are closed at once. */
   max_connections: z.number().int().min(1).max(65_536).optional(),
-  ssh: Bucket.optional(),
-  aws: Bucket.optional(),
-  docker: Bucket.optional(),
+  ssh: BucketSection.optional(),
+  aws: BucketSection.optional(),
+  docker: BucketSection.optional(),
 });
 
 export const ShedSections = z.strictObject({

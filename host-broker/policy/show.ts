@@ -60,11 +60,10 @@ export function showShed(policy: Policy, shed: string): ShownShed | undefined {
       else if (isMap(value)) for (const sub of leafPaths(value, p)) origins.set(sub.join('.'), label(p));
     }
   };
-  const builtin = BUILTIN_DEFAULTS as unknown as Plain;
-  overlay(builtin, undefined, [], () => 'built-in');
-  overlay(policy.doc.defaults ?? {}, builtin, [], (p) => `defaults${where(['defaults', ...p])}`);
-  const own = policy.doc.sheds?.[entryName] ?? {};
-  overlay(own, mergeSections(builtin, policy.doc.defaults ?? {}), [], (p) => `${entry}${where(['sheds', entryName, ...p])}`);
+  overlay(BUILTIN_DEFAULTS, undefined, [], () => 'built-in');
+  overlay(policy.doc.defaults, BUILTIN_DEFAULTS, [], (p) => `defaults${where(['defaults', ...p])}`);
+  const own = policy.doc.sheds?.[entryName];
+  overlay(own, mergeSections(BUILTIN_DEFAULTS, policy.doc.defaults), [], (p) => `${entry}${where(['sheds', entryName, ...p])}`);
   origins.set('aws.tags.shed', 'set by the broker: the shed\'s name');
   return { effective, entry, origins };
 }

@@ -13,7 +13,7 @@ import { policyFromDocument } from '../../host-broker/policy/policy.js';
 import { memoryLogger } from '../../protocol/log.js';
 import { LEAKED, ROLE_DEV, ROLE_OTHER, ROLE_STAGING, SOURCE, startAwsHost, type AwsHostFixture } from '../support/aws-fixtures.js';
 
-const baseAws = (over: Partial<EffectiveAws> = {}): EffectiveAws => ({ ...(BUILTIN_DEFAULTS.aws as unknown as EffectiveAws), policy_arns: [], tags: {}, ...over });
+const baseAws = (over: Partial<EffectiveAws> = {}): EffectiveAws => ({ ...BUILTIN_DEFAULTS.aws, policy_arns: [], tags: {}, ...over });
 
 describe('aws-credentials rules', () => {
   it('roleDecision: a role serves, no role is ROLE_NOT_FOUND naming the fix, disabled and bad durations refuse', () => {
