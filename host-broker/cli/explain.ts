@@ -18,6 +18,8 @@ import { hostDecision, keyDecision, signingNamespaceDecision } from '../ssh/rule
 
 export interface ExplainRequest {
   shed: string;
+  /** The named server the shed belongs to (undefined: direct sockets or the top-level server:). */
+  server?: string;
   namespace: string;
   operation: string;
   /** SHA256 fingerprint of the key to sign with. */
@@ -61,7 +63,7 @@ export function explain(policy: Policy, req: ExplainRequest, served: Served): Ex
     return d.allowed;
   };
 
-  const shed = shedDecision(policy, req.shed, req.namespace, served(req.namespace));
+  const shed = shedDecision(policy, req.shed, req.namespace, served(req.namespace), req.server);
   if (!step('shed', { allowed: shed.allowed, code: shed.code, rule: shed.rule }) || !shed.shed) return finish();
   const e = shed.shed;
   const op = req.operation;
@@ -181,7 +183,7 @@ function describeGate(a: EffectiveApproval): string {
 export function formatExplanation(req: ExplainRequest, x: Explanation): string {
   const args = [req.key && `--key ${req.key}`, req.registry && `--registry ${req.registry}`, req.host && `--host ${req.host}`,
     req.signingNamespace !== undefined && `--signing-namespace ${req.signingNamespace}`].filter(Boolean).join(' ');
-  const lines = [`shed ${req.shed}: ${req.namespace} ${req.operation}${args ? ` ${args}` : ''}`];
+  const lines = [`shed ${req.shed}${req.server !== undefined ? ` of server ${req.server}` : ''}: ${req.namespace} ${req.operation}${args ? ` ${args}` : ''}`];
   for (const s of x.steps) lines.push(`  ${s.allowed ? 'allowed' : 'denied '}  ${s.check}: ${s.rule}`);
   lines.push(`verdict: ${x.allowed ? 'allowed' : `denied ${x.code ?? ''}`.trim()}`);
   for (const t of x.then) lines.push(`  then: ${t}`);

@@ -116,13 +116,44 @@ function fillBucket(b: Written<typeof BucketSection>): Bucket {
   return { per_minute: b.per_minute, burst: b.burst ?? Math.max(1, Math.ceil(b.per_minute / 10)) };
 }
 
-/** The sections a shed ends up with, or undefined when the policy does not admit it. */
-export function resolveShed(doc: PolicyDocument, name: string): EffectiveShed | undefined {
-  const sheds = doc.sheds ?? {};
-  const hasOwn = name !== '*' && Object.hasOwn(sheds, name);
-  if (!hasOwn && !Object.hasOwn(sheds, '*')) return undefined;
-  const entry = sheds[hasOwn ? name : '*'];
-  return finish(name, hasOwn ? 'named' : 'wildcard', [doc.defaults, entry]);
+/** The entry of `sheds` that applies to `name`: its own, else `"*"`, else none. */
+export function pickEntry(sheds: Record<string, WrittenSections | null> | undefined, name: string): { key: string; entry: WrittenSections | null } | undefined {
+  if (!sheds) return undefined;
+  if (name !== '*' && Object.hasOwn(sheds, name)) return { key: name, entry: sheds[name] ?? null };
+  if (Object.hasOwn(sheds, '*')) return { key: '*', entry: sheds['*'] ?? null };
+  return undefined;
+}
+
+/** The layers that make up a shed's policy, least specific first, with where each was written. */
+export interface Layer {
+  /** The key path of the layer in the policy: `['defaults']`, `['sheds', 'web']`, `['servers', 'mini2', 'sheds', '*']`. */
+  at: string[];
+  sections: WrittenSections | null | undefined;
+}
+
+/**
+ * The layers of `name`'s policy, or undefined when nothing admits it:
+ * the global `defaults`, the global `sheds` entry (its own, else `"*"`),
+ * then, for a shed of a named server, that server's `defaults` and its
+ * `sheds` entry (its own, else `"*"`). Most specific wins. A shed is
+ * admitted when a `sheds` entry at either level applies to it.
+ */
+export function shedLayers(doc: PolicyDocument, name: string, server?: string): { layers: Layer[]; matched: EffectiveShed['matched'] } | undefined {
+  const global = pickEntry(doc.sheds, name);
+  const scope = server !== undefined && doc.servers && Object.hasOwn(doc.servers, server) ? doc.servers[server] : undefined;
+  const local = pickEntry(scope?.sheds, name);
+  if (!global && !local) return undefined;
+  const layers: Layer[] = [{ at: ['defaults'], sections: doc.defaults }];
+  if (global) layers.push({ at: ['sheds', global.key], sections: global.entry });
+  if (scope) layers.push({ at: ['servers', server!, 'defaults'], sections: scope.defaults });
+  if (local) layers.push({ at: ['servers', server!, 'sheds', local.key], sections: local.entry });
+  return { layers, matched: name !== '*' && (global?.key === name || local?.key === name) ? 'named' : 'wildcard' };
+}
+
+/** The sections a shed (of `server`, when it belongs to a named server) ends up with, or undefined when the policy does not admit it. */
+export function resolveShed(doc: PolicyDocument, name: string, server?: string): EffectiveShed | undefined {
+  const found = shedLayers(doc, name, server);
+  return found && finish(name, found.matched, found.layers.map((l) => l.sections));
 }
 
 /** Merge `layers` (least specific first) over the built-in defaults and finish the result. */

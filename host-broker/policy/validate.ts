@@ -27,6 +27,11 @@ export function validate<S extends z.ZodType>(
   const out: PolicyIssue[] = [];
   const add = (issue: Issue, base: KeyPath) => {
     const rel = [...base, ...issue.path.filter((seg): seg is string | number => typeof seg !== 'symbol')];
+    // A union with its own message, whose every branch refuses the value itself: say the union's words.
+    if (issue.code === 'invalid_union' && !/^Invalid/.test(issue.message) && issue.errors.every((branch) => branch.every((sub) => sub.path.length === 0))) {
+      out.push({ ...at(locate(rel), file), path: [...prefix, ...rel], message: `${issue.message}; got ${describeValue(get(value, rel))}` });
+      return;
+    }
     if (issue.code === 'invalid_union' && issue.errors.length) {
       const best = [...issue.errors].sort((a, b) => a.length - b.length)[0]!;
       for (const sub of best) add(sub, rel);
@@ -41,7 +46,13 @@ export function validate<S extends z.ZodType>(
     }
     if (issue.code === 'invalid_key') {
       const inner = issue.issues[0]?.message ?? 'not a valid key here';
-      out.push({ ...at(locate(rel, { key: true }), file), path: [...prefix, ...rel], message: `${JSON.stringify(String(rel[rel.length - 1]))} is not ${rel[rel.length - 2] === 'sheds' ? 'a shed name' : 'allowed as a key here'}: ${inner}` });
+      const parent = rel[rel.length - 2];
+      const what = parent === 'sheds' ? 'a shed name' : parent === 'servers' && rel.length === 2 ? 'a server name' : 'allowed as a key here';
+      out.push({ ...at(locate(rel, { key: true }), file), path: [...prefix, ...rel], message: `${JSON.stringify(String(rel[rel.length - 1]))} is not ${what}: ${inner.replace(/^shed names/, parent === 'servers' ? 'server names, like shed names,' : 'shed names')}` });
+      return;
+    }
+    if (issue.code === 'custom') {
+      out.push({ ...at(locate(rel), file), path: [...prefix, ...rel], message: issue.message });
       return;
     }
     const actual = get(value, rel);

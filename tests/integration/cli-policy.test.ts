@@ -132,6 +132,60 @@ describe('shed-host-agent policy list and show', () => {
   });
 });
 
+describe('shed-host-agent with servers (real CLI processes)', () => {
+  let file: string;
+  before(() => {
+    file = copyExample(path.join(REPO_ROOT, 'config-examples', 'multi-server.yaml'));
+  });
+
+  it('takes the config as --config FILE, --config=FILE, -config FILE and -config=FILE', async () => {
+    for (const spelling of [['--config', file], [`--config=${file}`], ['-config', file], [`-config=${file}`]]) {
+      const [cmd, args] = binCommand('shed-host-agent', ['check', ...spelling]);
+      const res = await run(cmd, args);
+      expect(res.code, `${spelling.join(' ')}: ${res.stderr}`).to.equal(0);
+      expect(res.stdout).to.include(`${file}: ok, 1 named shed and "*"`);
+    }
+    // Before the command too, as Go's flag package wants it, and for audit.
+    const [cmd, args] = binCommand('shed-host-agent', ['-config', file, 'policy', 'show', 'web', '-server', 'mini2']);
+    const res = await run(cmd, args);
+    expect(res.code, res.stderr).to.equal(0);
+    expect(res.stdout).to.match(/^# shed web of server mini2: its own entry; layers, most specific first: servers\.mini2\.sheds\.web, servers\.mini2\.defaults, sheds\.web, defaults$/m);
+    expect(res.stdout).to.match(/^ {2}role: arn:aws:iam::123456789012:role\/mini2-dev +# servers\.mini2\.defaults \(multi-server\.yaml:47\)$/m);
+    expect(res.stdout).to.match(/^ {2}registries: \[ ghcr\.io, us-central1-docker\.pkg\.dev \] +# servers\.mini2\.sheds\.web \(multi-server\.yaml:51\)$/m);
+    const missing = path.join(tempDir('shed-cx'), 'none.yaml');
+    const audit = binCommand('shed-host-agent', ['audit', `-config=${missing}`]);
+    const read = await run(audit[0], audit[1]);
+    expect(read.code).to.equal(1);
+    expect(read.stderr).to.include(`cannot read the policy to find the audit log: ${missing}`);
+  });
+
+  it('check lists each server\'s sheds and says which servers it connects to; --json gives every effective policy', async () => {
+    const c = capture();
+    expect(await checkCommand(file, c.io)).to.equal(0);
+    expect(c.out()).to.match(/: ok, 1 named shed and "\*"; shed-server https:\/\/mini\.local:8443 and shed-server mini2 https:\/\/mini2\.local:8443 and the servers of .*\.shed\/config\.yaml \(all\)$/m);
+    expect(c.out()).to.match(/^web of server mini2: aws arn:aws:iam::123456789012:role\/mini2-dev; ssh agent-forward, every key; docker ghcr\.io,us-central1-docker\.pkg\.dev; approval none$/m);
+    expect(c.out()).to.match(/^"\*" of server mini2: aws arn:aws:iam::123456789012:role\/mini2-dev; ssh disabled;/m);
+    const [cmd, args] = binCommand('shed-host-agent', ['check', '--json', '--config', file]);
+    const res = await run(cmd, args);
+    expect(res.code, res.stderr).to.equal(0);
+    const report = JSON.parse(res.stdout) as { servers: Array<{ name: string; token?: { kind: string } }>; server_sheds: Record<string, Record<string, { aws: { role?: string } }>>; discovery: { servers: string } };
+    expect(report.servers.map((s) => [s.name, s.token?.kind])).to.deep.equal([['default', 'bootstrap'], ['mini2', 'command']]);
+    expect(report.server_sheds.mini2!.web!.aws.role).to.equal('arn:aws:iam::123456789012:role/mini2-dev');
+    expect(report.server_sheds.mini3!['*']).to.have.nested.property('approval.gate', 'command');
+    expect(report.discovery.servers).to.equal('all');
+  });
+
+  it('explain --server decides with that server\'s layers', async () => {
+    const [cmd, args] = binCommand('shed-host-agent', ['explain', 'stranger', 'ssh-agent', 'list', '--server', 'mini2', '--config', file]);
+    const res = await run(cmd, args);
+    expect(res.code).to.equal(1);
+    expect(res.stdout).to.match(/^shed stranger of server mini2: ssh-agent list$/m);
+    expect(res.stdout).to.match(/denied +shed: ssh\.enabled is false/);
+    const [cmd2, args2] = binCommand('shed-host-agent', ['explain', 'stranger', 'ssh-agent', 'list', '--config', file]);
+    expect((await run(cmd2, args2)).code).to.equal(0);
+  });
+});
+
 describe('shed-host-agent doctor', () => {
   it('ssh agent: reachable with its keys, or the fix when not', async () => {
     const dir = tempDir('shed-dr');
