@@ -18,6 +18,9 @@ export function roleDecision(aws: EffectiveAws): Decision {
   if (!aws.enabled) {
     return { allowed: false, code: CommonCode.NAMESPACE_DISABLED, rule: 'aws.enabled is false for this shed' };
   }
+  if (aws.mode === 'passthrough') {
+    return { allowed: false, code: AwsCode.SOURCE_CREDENTIALS_FAILED, rule: 'aws.mode passthrough is not served by this build: use aws.mode assume-role with an aws.role' };
+  }
   if (!aws.role) {
     return { allowed: false, code: AwsCode.ROLE_NOT_FOUND, rule: 'no aws.role for this shed: set aws.role (an IAM role ARN) for it in the host policy' };
   }

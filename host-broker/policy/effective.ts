@@ -30,6 +30,7 @@ export type DeepPartial<T> = T extends readonly unknown[] ? T : T extends object
 const SSH_DEFAULTS = { enabled: true, mode: 'auto', keys: [], allowed_keys: [] } satisfies Written<typeof SshSection>;
 const AWS_DEFAULTS = {
   enabled: true,
+  mode: 'assume-role',
   source_profile: 'default',
   session_duration: 3_600_000,
   refresh_before: 300_000,

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { AGENT_WAIT_LIMIT_MS, SHED_NAME_RE } from '../../protocol/envelope.js';
 import { fileKind, NotRegularFile, readRegularFile } from '../../protocol/files.js';
 import { expandHome, resolveShed, type EffectiveShed } from './effective.js';
-import { dirForLogPath, isLegacy, LegacyDocument, legacyNotice, legacyPath, translateLegacy } from './legacy.js';
+import { dirForLogPath, isLegacy, legacyNotice, translateLegacy } from './legacy.js';
 import { DEFAULT_SERVER_NAME, formatDuration, PolicyDocument, ShedSections } from './schema.js';
 import type { DiscoverySpec, ServerConnection, TokenSourceSpec } from '../transports/server-config.js';
 import { formatIssue, YamlSource, type KeyPath, type PolicyIssue, type Position } from './source.js';
@@ -288,8 +288,13 @@ export function policyFromDocument(raw: unknown, file = '<policy>'): Policy {
   return new Policy(result.data!, [file]);
 }
 
+export interface LoadOptions {
+  /** The platform the original format's Touch ID approvals are read for (default: this host's). */
+  platform?: NodeJS.Platform;
+}
+
 /** Read and validate a policy file and its sheds.d directory; throws PolicyError listing every problem. */
-export function loadPolicyFile(file: string): Policy {
+export function loadPolicyFile(file: string, options: LoadOptions = {}): Policy {
   const main = path.resolve(expandHome(file));
   const issues: PolicyIssue[] = [];
   const notices: string[] = [];
@@ -314,17 +319,14 @@ export function loadPolicyFile(file: string): Policy {
     if (raw === null || raw === undefined) {
       issues.push({ file: main, line: 1, col: 1, path: [], message: 'the policy file is empty: it needs at least `version: 1` (start from config-examples/extensions.yaml)' });
     } else if (isLegacy(raw)) {
-      const old = validate(LegacyDocument, raw, (p, o) => source.locate(p, o), main);
-      if (old.issues.length) {
-        issues.push(...old.issues);
-      } else {
-        const translation = translateLegacy(old.data!);
-        mainLocate = (p, o) => source.locate(legacyPath(p), o);
-        const next = validate(PolicyDocument, translation.doc, (p, o) => source.locate(legacyPath(p), o), main);
-        issues.push(...next.issues);
-        doc = next.data;
-        notices.push(legacyNotice(main, translation));
-      }
+      const translation = translateLegacy(raw, main, (p, o) => source.locate(p, o), { platform: options.platform });
+      issues.push(...translation.issues);
+      mainLocate = (p, o) => source.locate(translation.originOf(p), o);
+      const next = validate(PolicyDocument, translation.doc, mainLocate, main);
+      // Problems are named by the keys the file has, not those of the translation.
+      issues.push(...next.issues.map((i) => ({ ...i, path: translation.originOf(i.path) })));
+      doc = next.data;
+      notices.push(legacyNotice(main, translation.doc), ...translation.warnings);
     } else {
       const next = validate(PolicyDocument, raw, (p, o) => source.locate(p, o), main);
       issues.push(...next.issues);

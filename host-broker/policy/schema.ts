@@ -7,13 +7,24 @@
 import { z } from 'zod';
 import { SHED_NAME_RE } from '../../protocol/envelope.js';
 
-const DURATION_RE = /^(\d+)(ms|s|m|h|d)$/;
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+/** Milliseconds per unit: Go's (ns, us/µs, ms, s, m, h) and days. */
+const UNIT_MS: Record<string, number> = { ns: 1e-6, us: 1e-3, 'µs': 1e-3, 'μs': 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+const PART = '(?:\\d+(?:\\.\\d*)?|\\.\\d+)(?:ns|us|µs|μs|ms|s|m|h|d)';
+/** `90s`, `5m`, `1h`, `1d`, and Go's `time.ParseDuration` forms: `1h30m`, `1.5h`, `300ms`, `0`. */
+const DURATION_RE = new RegExp(`^(?:0|(?:${PART})+)$`);
+const PART_RE = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)/g;
 
-/** `90s`, `5m`, `1h` → milliseconds; undefined when malformed. */
+/**
+ * `90s`, `5m`, `1h`, `1h30m`, `1.5h`, `300ms` → milliseconds (rounded to a
+ * whole one); undefined when malformed. The original's Go durations and
+ * version 1's read the same way; a sign is refused (nothing here runs
+ * backwards).
+ */
 export function parseDuration(text: string): number | undefined {
-  const m = DURATION_RE.exec(text);
-  return m ? Number(m[1]) * UNIT_MS[m[2] as string]! : undefined;
+  if (!DURATION_RE.test(text)) return undefined;
+  let total = 0;
+  for (const m of text.matchAll(PART_RE)) total += Number(m[1]) * UNIT_MS[m[2]!]!;
+  return Math.round(total);
 }
 
 export function formatDuration(ms: number): string {
@@ -24,10 +35,12 @@ export function formatDuration(ms: number): string {
   return `${ms}ms`;
 }
 
+export const DURATION_HINT = 'expected a duration such as 90s, 5m or 1h (a number and one of ms, s, m, h, d; Go\'s 1h30m and 1.5h work too)';
+
 /** A duration string, kept as milliseconds after parsing. */
 export const Duration = z
-  .string({ error: 'expected a duration such as 90s, 5m or 1h' })
-  .regex(DURATION_RE, { error: 'expected a duration such as 90s, 5m or 1h (a whole number and one of ms, s, m, h, d)' })
+  .string({ error: DURATION_HINT })
+  .refine((s) => parseDuration(s) !== undefined, { error: DURATION_HINT })
   .transform((s) => parseDuration(s)!);
 
 export const FINGERPRINT_RE = /^SHA256:[A-Za-z0-9+/]{43}$/;
@@ -78,6 +91,12 @@ const Tags = z.record(z.string().min(1).max(128), z.string().max(256));
 
 export const AwsSection = z.strictObject({
   enabled: z.boolean().optional(),
+  /**
+   * `assume-role`: STS AssumeRole into `role` with the source profile's
+   * credentials. `passthrough`: the source profile's own session
+   * credentials (SSO, SAML), re-read on each request; `role` is not used.
+   */
+  mode: z.enum(['assume-role', 'passthrough']).optional(),
   role: RoleArn.optional(),
   source_profile: NonEmpty.optional(),
   session_duration: Duration.optional(),
@@ -233,7 +252,9 @@ export const PolicyDocument = z.strictObject({
   audit: AuditSection.optional(),
   defaults: ShedSections.optional(),
   sheds: ShedsMap.optional(),
-}).superRefine((doc, ctx) => {
+}).superRefine((doc, rawCtx) => {
+  // Every message here is whole: it names the keys and the fix (validate adds nothing).
+  const ctx = { addIssue: (issue: { code: 'custom'; path: PropertyKey[]; message: string }) => rawCtx.addIssue({ ...issue, params: { whole: true } }) };
   const connections: Array<[Array<string>, z.output<typeof ServerSection>]> = [];
   if (doc.server) connections.push([['server'], doc.server]);
   for (const [name, server] of Object.entries(doc.servers ?? {})) if (server) connections.push([['servers', name], server]);

@@ -51,7 +51,8 @@ export function validate<S extends z.ZodType>(
       out.push({ ...at(locate(rel, { key: true }), file), path: [...prefix, ...rel], message: `${JSON.stringify(String(rel[rel.length - 1]))} is not ${what}: ${inner.replace(/^shed names/, parent === 'servers' ? 'server names, like shed names,' : 'shed names')}` });
       return;
     }
-    if (issue.code === 'custom') {
+    // The policy's own cross-key checks say everything themselves.
+    if (issue.code === 'custom' && issue.params?.whole === true) {
       out.push({ ...at(locate(rel), file), path: [...prefix, ...rel], message: issue.message });
       return;
     }

@@ -278,8 +278,7 @@ describe('policy: the original shed-extensions format', () => {
 
   it('loads unchanged, admits every shed through "*", and says the equivalent new form in one line', () => {
     const file = policyDir({ 'extensions.yaml': original });
-    const policy = loadPolicyFile(file);
-    expect(policy.notices).to.have.length(1);
+    const policy = loadPolicyFile(file, { platform: 'darwin' });
     const notice = policy.notices[0]!;
     expect(notice).not.to.include('\n');
     expect(notice).to.match(new RegExp(`^notice: ${escape(file)} is in the original shed-extensions format`));
@@ -295,8 +294,21 @@ describe('policy: the original shed-extensions format', () => {
     expect(policy.server?.url).to.equal('http://localhost:9090');
     expect(policy.direct.enabled).to.equal(false);
     expect(policy.audit.dir).to.equal('/tmp/audit');
-    expect(policy.notices.join('\n')).to.match(/logging\.path \/tmp\/audit\.log \(one file\) is now audit\.dir \/tmp\/audit \(one file per shed\)/);
-    expect(policy.locate(['sheds', '*', 'aws', 'role'])).to.deep.include({ line: 10, col: 17 });
+    expect(policy.notices.slice(1)).to.deep.equal([
+      `warning: ${file}:21: logging.path: one file for every shed in the original; the audit log is now one file per shed, in /tmp/audit/ (audit.dir)`,
+    ]);
+    expect(policy.locate(['defaults', 'aws', 'role'])).to.deep.include({ line: 10, col: 17 });
+    expect(policy.locate(['sheds', 'ci', 'aws', 'role'])).to.deep.include({ line: 15, col: 13 });
+    expect(policy.locate(['defaults', 'approval', 'ttl'])).to.deep.include({ line: 7, col: 18 });
+  });
+
+  it('reads Touch ID approval as refusing ssh where there is no Touch ID, saying so in one line', () => {
+    const file = policyDir({ 'extensions.yaml': original });
+    const policy = loadPolicyFile(file, { platform: 'linux' });
+    const ci = policy.resolve('ci')!;
+    expect(ci.ssh.enabled).to.equal(false);
+    expect(ci.approval.gate).to.equal('none');
+    expect(policy.notices).to.include(`warning: ${file}:5: ssh.approval.enabled: Touch ID exists only on macOS: on this host the original refused every signature (or, before that, signed without asking); this refuses them (ssh.enabled: false) rather than sign without the approval asked for; use a version 1 policy with approval.gate: command for approval here`);
   });
 
   it('an empty default_role admits every shed without a role', () => {
@@ -305,13 +317,53 @@ describe('policy: the original shed-extensions format', () => {
     expect(policy.hasWildcard()).to.equal(true);
   });
 
-  it('checks its values with the same rules, at their line:col in the original file', () => {
-    const file = policyDir({ 'extensions.yaml': 'ssh:\n  mode: fast\naws:\n  default_role: not-an-arn\n  sheds:\n    ci: { rol: x }\nlogging: { enabled: yes }\n' });
+  it('refuses what the original refused, every problem at once, at its line:col in the original file', () => {
+    const file = policyDir({ 'extensions.yaml': 'ssh:\n  mode: fast\naws:\n  default_role: not-an-arn\n  session_duration: 1 hour\n  sheds:\n    ci: { rol: x }\ndocker:\n  registries: ghcr.io\nlogging: { enabled: maybe }\n' });
     const problems = problemsOf(file).join('\n');
-    expect(problems).to.match(/:2:9: ssh\.mode: expected one of , agent-forward, local-keys; got the string "fast"/);
+    expect(problems).to.match(/:2:9: ssh\.mode: expected one of agent-forward, local-keys \(or "" for auto\); got the string "fast"/);
     expect(problems).to.match(/:4:17: aws\.default_role: expected an IAM role ARN/);
-    expect(problems).to.match(/:6:11: aws\.sheds\.ci\.rol: unknown key "rol" \(did you mean "role"\?\)/);
-    expect(problems).to.match(/:7:21: logging\.enabled: expected true or false; got the string "yes"/);
+    expect(problems).to.match(/:5:21: aws\.session_duration: expected a Go duration such as 90s, 5m, 1h30m or 1\.5h; got the string "1 hour"/);
+    expect(problems).to.match(/:9:15: docker\.registries: expected a list; got the string "ghcr\.io"/);
+    expect(problems).to.match(/:10:21: logging\.enabled: expected true or false; got the string "maybe"/);
+    expect(problems).not.to.match(/unknown key/);
+    expect(problemsOf(file)).to.have.length(5);
+  });
+});
+
+describe('policy: what the original refused is refused, at file:line:col', () => {
+  const cases: Array<[string, string, RegExp]> = [
+    ['an unknown ssh approval policy', 'approval_timeout: 25s\nssh:\n  approval:\n    policy: maybe\n', /:4:13: ssh\.approval\.policy: expected one of deny-all, approve-all, biometrics, biometrics-or-password, shed-desktop; got the string "maybe"/],
+    ['a biometric policy for aws', 'aws:\n  approval:\n    policy: biometrics\n', /:3:13: aws\.approval\.policy: expected one of deny-all, approve-all, shed-desktop \(the biometric policies are for ssh only\)/],
+    ['a biometric policy for docker', 'docker:\n  approval:\n    policy: biometrics-or-password\n', /:3:13: docker\.approval\.policy: expected one of deny-all, approve-all, shed-desktop/],
+    ['an unknown aws.mode', 'aws:\n  mode: bogus\n', /:2:9: aws\.mode: expected one of assume-role, passthrough; got the string "bogus"/],
+    ['an unknown mode of a server\'s shed', 'discovery: {}\naws:\n  servers:\n    mini2:\n      sheds:\n        web:\n          mode: nope\n', /:7:17: aws\.servers\.mini2\.sheds\.web\.mode: expected one of assume-role, passthrough/],
+    ['approval_timeout that is no duration', 'approval_timeout: nonsense\n', /:1:19: approval_timeout: expected a Go duration such as 90s, 5m, 1h30m or 1\.5h; got the string "nonsense"/],
+    ['approval_timeout of zero', 'approval_timeout: 0s\n', /:1:19: approval_timeout: must be longer than 0; got "0s"/],
+    ['a negative approval_timeout', 'approval_timeout: -5s\n', /:1:19: approval_timeout: expected a Go duration/],
+    ['a bare number as approval_timeout', 'approval_timeout: 10\n', /:1:19: approval_timeout: expected a Go duration.*got the number 10/],
+    ['a duplicate key', 'server: http://a:8080\nserver: http://b:8080\n', /:2:1: YAML: Map keys must be unique/],
+    ['a map as discovery.servers', 'discovery:\n  servers:\n    web: {}\n', /:3:5: discovery\.servers: discovery\.servers must be "all" or a list of server names; got a map/],
+    ['malformed YAML', 'ssh:\n  approval:\n    policy: [unterminated\n', /:\d+:\d+: YAML: /],
+    ['Touch ID approval with an unknown policy', 'ssh:\n  approval:\n    enabled: true\n    policy: maybe\n', /:4:13: ssh\.approval\.policy: expected one of per-request, per-session, per-shed; got the string "maybe"/],
+    ['a list where a string goes', 'server: [http://a:8080]\n', /:1:9: server: expected a string; got a list/],
+  ];
+  for (const [name, yaml, expected] of cases) {
+    it(name, () => {
+      const file = policyDir({ 'extensions.yaml': yaml });
+      expect(problemsOf(file).join('\n')).to.match(new RegExp(`^${escape(file)}${expected.source}`, 'm'));
+    });
+  }
+
+  it('ignores, with a warning, a value the original never looked at', () => {
+    const file = policyDir({ 'extensions.yaml': 'ssh:\n  approval:\n    enabled: false\n    policy: maybe\n' });
+    expect(loadPolicyFile(file).notices).to.include(`warning: ${file}:4: ssh.approval.policy: "maybe" is no approval policy the original knew; approval is not enabled, so it is ignored, as the original ignored it`);
+  });
+
+  it('reads aws.sheds, which only the latest original refused, as its earlier versions did, with a warning', () => {
+    const file = policyDir({ 'extensions.yaml': `aws:\n  approval: { policy: approve-all }\n  sheds:\n    web:\n      role: ${ROLE}\n` });
+    const policy = loadPolicyFile(file);
+    expect(policy.resolve('web')!.aws.role).to.equal(ROLE);
+    expect(policy.notices).to.include(`warning: ${file}:3: aws.sheds: the original's later versions refused aws.sheds (moved to aws.servers.<server>.sheds); read as its earlier versions did: for that shed on every server`);
   });
 });
 
