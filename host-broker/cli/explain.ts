@@ -132,6 +132,13 @@ export function explain(policy: Policy, req: ExplainRequest, served: Served): Ex
         unknown();
         break;
       }
+      if (e.aws.mode === 'passthrough') {
+        if (!step('mode', roleDecision(e.aws))) break;
+        approval('aws-credentials', `the session credentials of profile ${e.aws.source_profile}`);
+        then.push(`the session credentials of source profile ${e.aws.source_profile} are read afresh, nothing cached (SOURCE_CREDENTIALS_FAILED when the profile cannot be loaded or its session has ended, LONG_LIVED_CREDENTIALS when it holds long-lived keys, which never enter a shed)`);
+        limits('aws');
+        break;
+      }
       if (!step('role', roleDecision(e.aws))) break;
       approval('aws-credentials', `credentials for ${e.aws.role}`);
       then.push(`STS AssumeRole with source profile ${e.aws.source_profile} (SOURCE_CREDENTIALS_FAILED when that profile cannot be loaded, ASSUME_ROLE_FAILED when STS refuses); cached per shed and role until ${formatDuration(e.aws.refresh_before)} before expiry`);

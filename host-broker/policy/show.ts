@@ -149,7 +149,7 @@ export interface ShedSummary {
 export function summarizeShed(policy: Policy, shed: string, server?: string): ShedSummary | undefined {
   const e = policy.resolve(shed, server);
   if (!e) return undefined;
-  const role = !e.aws.enabled ? 'disabled' : (e.aws.role ?? '(none)');
+  const role = !e.aws.enabled ? 'disabled' : e.aws.mode === 'passthrough' ? `passthrough:${e.aws.source_profile}` : (e.aws.role ?? '(none)');
   const keys = e.ssh.allowed_keys.length ? `${e.ssh.allowed_keys.length} key${e.ssh.allowed_keys.length === 1 ? '' : 's'}` : 'every key';
   const hosts = e.ssh.allowed_hosts === undefined ? '' : `, ${e.ssh.allowed_hosts.length} allowed host${e.ssh.allowed_hosts.length === 1 ? '' : 's'}`;
   const ssh = e.ssh.enabled ? `${e.ssh.mode}, ${keys}${hosts}` : 'disabled';

@@ -186,6 +186,27 @@ describe('shed-host-agent with servers (real CLI processes)', () => {
   });
 });
 
+describe('aws.mode in policy show, explain and check', () => {
+  it('shows the mode with its origin and explains what passthrough serves', async () => {
+    const file = path.join(tempDir('shed-cx'), 'extensions.yaml');
+    fs.writeFileSync(file, 'version: 1\nsheds:\n  sso-app:\n    aws: { mode: passthrough, source_profile: sso }\n  web:\n    aws: { role: arn:aws:iam::123456789012:role/web }\n', { mode: 0o600 });
+    const show = capture();
+    expect(policyShowCommand(file, 'sso-app', show.io)).to.equal(0);
+    expect(show.out()).to.match(/^ {2}mode: passthrough +# sheds\.sso-app \(extensions\.yaml:4\)$/m);
+    const web = capture();
+    expect(policyShowCommand(file, 'web', web.io)).to.equal(0);
+    expect(web.out()).to.match(/^ {2}mode: assume-role +# built-in$/m);
+    const [cmd, args] = binCommand('shed-host-agent', ['explain', 'sso-app', 'aws-credentials', 'get_credentials', '--config', file]);
+    const res = await run(cmd, args);
+    expect(res.code, res.stderr).to.equal(0);
+    expect(res.stdout).to.match(/^ {2}allowed {2}mode: aws\.mode is passthrough: the session credentials of source profile sso, read afresh for each request/m);
+    expect(res.stdout).to.match(/then: the session credentials of source profile sso are read afresh, nothing cached \(.*LONG_LIVED_CREDENTIALS when it holds long-lived keys/);
+    const check = capture();
+    expect(await checkCommand(file, check.io)).to.equal(0);
+    expect(check.out()).to.match(/^sso-app: aws passthrough:sso;/m);
+  });
+});
+
 describe('shed-host-agent doctor', () => {
   it('ssh agent: reachable with its keys, or the fix when not', async () => {
     const dir = tempDir('shed-dr');
