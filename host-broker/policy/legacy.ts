@@ -287,7 +287,9 @@ export function translateLegacy(raw: unknown, file: string, locate: Locate, opti
       origins.set(['discovery', 'servers'], ['discovery', 'servers'], true);
     }
     const watch = r.oneOf(d.watch, ['discovery', 'watch'], ['fsnotify', 'poll', 'off']);
-    if (watch) r.warn(['discovery', 'watch'], `${watch}: the broker always follows edits to the discovery source (within seconds)${watch === 'off' ? '; the original read it once at start' : ''}`);
+    // fsnotify (the original's default) is what the broker does: only the others read differently.
+    if (watch === 'off') r.warn(['discovery', 'watch'], 'off: the broker always follows edits to the discovery source (within seconds); the original read it once at start');
+    if (watch === 'poll') r.warn(['discovery', 'watch'], 'poll: the broker follows edits to the discovery source as they happen (within seconds), not on a timer');
     for (const key of ['poll_interval', 'debounce'] as const) {
       if (r.duration(d[key], ['discovery', key]) !== undefined) r.warn(['discovery', key], 'not used: the broker follows edits to the discovery source by itself');
     }
