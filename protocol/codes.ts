@@ -74,6 +74,8 @@ export const AwsCode = {
   ASSUME_ROLE_FAILED: 'ASSUME_ROLE_FAILED',
   /** The host could not load its own (source) credentials; why is in the host log only, as it may quote a secret. */
   SOURCE_CREDENTIALS_FAILED: 'SOURCE_CREDENTIALS_FAILED',
+  /** aws.mode passthrough, and the source profile holds long-lived keys (no session token): they never enter a VM. */
+  LONG_LIVED_CREDENTIALS: 'LONG_LIVED_CREDENTIALS',
 } as const;
 
 export const DockerCode = {

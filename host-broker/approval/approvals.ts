@@ -75,16 +75,16 @@ export class Approvals {
    * when all can work.
    */
   async check(policy: Policy): Promise<string[]> {
-    const sheds = [...policy.namedSheds(), ...(policy.hasWildcard() ? ['*'] : [])];
+    const sheds = [undefined, ...policy.serverScopes()].flatMap((server) => policy.listedSheds(server).map((name) => ({ name, server })));
     const seen = new Map<string, string | undefined>();
     const problems: string[] = [];
-    for (const name of sheds) {
-      const approval = policy.resolve(name)?.approval;
+    for (const { name, server } of sheds) {
+      const approval = policy.resolve(name, server)?.approval;
       if (!approval) continue;
       const key = JSON.stringify([approval.gate, approval.command ?? []]);
       if (!seen.has(key)) seen.set(key, await checkGate(approval));
       const problem = seen.get(key);
-      if (problem) problems.push(`shed ${name === '*' ? '"*"' : name}: ${problem}`);
+      if (problem) problems.push(`shed ${name === '*' ? '"*"' : name}${server ? ` of server ${server}` : ''}: ${problem}`);
     }
     return problems;
   }

@@ -1,7 +1,8 @@
 /**
  * The `aws-credentials` namespace on the host: short-lived STS credentials for
- * the role the host policy assigns to the requesting shed. The guest never
- * names a role, and no long-lived key leaves the host.
+ * the role the host policy assigns to the requesting shed, or (aws.mode
+ * passthrough) the source profile's own session credentials. The guest never
+ * names a role or a profile, and no long-lived key leaves the host.
  */
 import { AwsCode } from '../../protocol/codes.js';
 import { OPERATIONS, type Payload } from '../../protocol/envelope.js';
@@ -11,6 +12,7 @@ import { gated } from '../approval/approvals.js';
 import { BrokerError, unknownOperation, type NamespaceHandler, type RequestContext } from '../handler.js';
 import type { EffectiveAws } from '../policy/effective.js';
 import { CredentialCache, type IssuedCredentials } from './cache.js';
+import { passthroughCredentials } from './passthrough.js';
 import { awsPolicyHash, formatSeconds, roleDecision } from './rules.js';
 import { assumeRole, describeStsError, SourceCredentialsError } from './sts.js';
 
@@ -40,9 +42,37 @@ export function createAwsHandler(deps: AwsHandlerDeps): NamespaceHandler & { rea
     now,
   };
 
+  /** The source profile's own session credentials, read now (no cache: a fresh `aws sso login` shows at once). */
+  async function passthrough(ctx: RequestContext): Promise<AwsCredentialsResponse> {
+    const aws = ctx.policy.aws;
+    const profile = aws.source_profile;
+    ctx.detail = `passthrough ${profile}`;
+    if (gated(ctx.policy.approval, 'aws-credentials')) {
+      await ctx.approve({ subject: `passthrough:${profile}`, description: `the session credentials of AWS profile ${profile} (passthrough)` });
+    }
+    const fresh = await passthroughCredentials(ctx.shed, aws, { configFile: deps.configFile, credentialsFile: deps.credentialsFile, now }).catch((err: unknown) => {
+      if (err instanceof SourceCredentialsError) throw sourceFailure(ctx, err, `the session credentials of its AWS profile ${profile} (passthrough)`);
+      if (err instanceof BrokerError) deps.log.warn(`shed ${ctx.shed}: request ${ctx.requestId}: ${err.message}`);
+      throw err;
+    });
+    ctx.detail = `passthrough ${profile} until ${iso(fresh.expiresAt)}${fresh.expiryKnown ? '' : ' (expiry unknown: a short one given)'}`;
+    return toPayload(fresh);
+  }
+
+  /** A source profile that would not load: `what` says whose credentials, for the guest. */
+  function sourceFailure(ctx: RequestContext, err: SourceCredentialsError, what: string): BrokerError {
+    // The guest learns that and where to look; the why stays on the host.
+    deps.log.error(`shed ${ctx.shed}: request ${ctx.requestId}: ${err.message}: ${err.detail}; fix that profile in the host's AWS config `
+      + `(aws configure --profile ${err.profile}, or aws sso login --profile ${err.profile} for SSO) or set aws.source_profile in the host policy`);
+    return new BrokerError(AwsCode.SOURCE_CREDENTIALS_FAILED,
+      `the host could not load ${what}; the shed-host-agent log on the host says why (request ${ctx.requestId})`,
+      { result: 'error', detail: `source_profile ${err.profile}` });
+  }
+
   async function getCredentials(ctx: RequestContext): Promise<AwsCredentialsResponse> {
     const aws = ctx.policy.aws;
     const decision = roleDecision(aws);
+    if (decision.allowed && aws.mode === 'passthrough') return passthrough(ctx);
     if (!decision.allowed || !aws.role) {
       throw refusal(ctx.shed, aws, decision.code ?? AwsCode.ROLE_NOT_FOUND, decision.rule);
     }
@@ -66,12 +96,7 @@ export function createAwsHandler(deps: AwsHandlerDeps): NamespaceHandler & { rea
         err instanceof BrokerError ? err.message : err instanceof SourceCredentialsError ? `${err.message}: ${err.detail}` : describeStsError(err, [])}`),
     ).catch((err: unknown) => {
       if (!(err instanceof SourceCredentialsError)) throw err;
-      // The guest learns that and where to look; the why stays on the host.
-      deps.log.error(`shed ${ctx.shed}: request ${ctx.requestId}: ${err.message}: ${err.detail}; fix that profile in the host's AWS config `
-        + `(aws configure --profile ${err.profile}, or aws sso login --profile ${err.profile} for SSO) or set aws.source_profile in the host policy`);
-      throw new BrokerError(AwsCode.SOURCE_CREDENTIALS_FAILED,
-        `the host could not load the AWS credentials it assumes ${role} with; the shed-host-agent log on the host says why (request ${ctx.requestId})`,
-        { result: 'error', detail: `source_profile ${err.profile}` });
+      throw sourceFailure(ctx, err, `the AWS credentials it assumes ${role} with`);
     });
     ctx.detail = `${role} until ${iso(hit.credentials.expiresAt)}${hit.source === 'sts' ? '' : ` (${hit.source})`}`;
     return toPayload(hit.credentials);
@@ -79,6 +104,7 @@ export function createAwsHandler(deps: AwsHandlerDeps): NamespaceHandler & { rea
 
   function status(ctx: RequestContext): AwsStatusResponse {
     const aws = ctx.policy.aws;
+    if (aws.enabled && aws.mode === 'passthrough') return { connected: true, role: `passthrough:${aws.source_profile}`, cached_until: null };
     const role = aws.enabled && aws.role ? aws.role : null;
     const entry = role ? cache.peek(CredentialCache.key(ctx.shed, role, awsPolicyHash(aws))) : undefined;
     return { connected: true, role, cached_until: entry ? iso(entry.expiresAt) : null };

@@ -13,10 +13,13 @@ export const MAX_SESSION_SECONDS = 43_200;
 /** STS's limit on RoleSessionName. */
 export const MAX_SESSION_NAME = 64;
 
-/** Whether the shed gets credentials, and for which role. The request never names a role: only this decides. */
+/** Whether the shed gets credentials, and for which role (or, passthrough, which profile's). The request never names either: only this decides. */
 export function roleDecision(aws: EffectiveAws): Decision {
   if (!aws.enabled) {
     return { allowed: false, code: CommonCode.NAMESPACE_DISABLED, rule: 'aws.enabled is false for this shed' };
+  }
+  if (aws.mode === 'passthrough') {
+    return { allowed: true, rule: `aws.mode is passthrough: the session credentials of source profile ${aws.source_profile}, read afresh for each request (aws.role is not used; long-lived keys are refused)` };
   }
   if (!aws.role) {
     return { allowed: false, code: AwsCode.ROLE_NOT_FOUND, rule: 'no aws.role for this shed: set aws.role (an IAM role ARN) for it in the host policy' };
@@ -65,6 +68,7 @@ const policyHashes = new WeakMap<EffectiveAws, string>();
 
 function computePolicyHash(aws: EffectiveAws): string {
   const shape = {
+    mode: aws.mode,
     role: aws.role ?? null,
     source_profile: aws.source_profile,
     session_duration: aws.session_duration,

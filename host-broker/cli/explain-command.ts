@@ -3,9 +3,10 @@ import { memoryLogger } from '../../protocol/log.js';
 import { createHandlers } from '../namespaces.js';
 import { explain, ExplainUsage, formatExplanation, type ExplainRequest } from './explain.js';
 import type { Io } from './io.js';
-import { loadForCli } from './policy-commands.js';
+import { loadForCli, serverOption } from './policy-commands.js';
 
 export interface ExplainFlags {
+  server?: string;
   key?: string;
   registry?: string;
   host?: string;
@@ -24,13 +25,15 @@ export async function servedNamespaces(): Promise<Set<string>> {
 export async function explainCommand(config: string, args: string[], flags: ExplainFlags, io: Io): Promise<number> {
   const [shed, namespace, operation] = args;
   if (!shed || !namespace || !operation || args.length > 3) {
-    io.err('usage: shed-host-agent explain SHED NAMESPACE OPERATION [--key FP] [--registry HOST] [--host NAME] [--signing-namespace NS] [--json]\n'
+    io.err('usage: shed-host-agent explain SHED NAMESPACE OPERATION [--server NAME] [--key FP] [--registry HOST] [--host NAME] [--signing-namespace NS] [--json]\n'
       + '  e.g. explain my-service docker-credentials get --registry ghcr.io\n');
     return 2;
   }
+  const opt = serverOption(flags.server, io, 'explain');
+  if (!opt.ok) return 2;
   const policy = loadForCli(config, io);
   if (!policy) return 1;
-  const req: ExplainRequest = { shed, namespace, operation, key: flags.key, registry: flags.registry, host: flags.host, signingNamespace: flags['signing-namespace'] };
+  const req: ExplainRequest = { shed, server: opt.server, namespace, operation, key: flags.key, registry: flags.registry, host: flags.host, signingNamespace: flags['signing-namespace'] };
   const served = await servedNamespaces();
   try {
     const x = explain(policy, req, (ns) => served.has(ns));

@@ -18,6 +18,8 @@ import { hostDecision, keyDecision, signingNamespaceDecision } from '../ssh/rule
 
 export interface ExplainRequest {
   shed: string;
+  /** The named server the shed belongs to (undefined: direct sockets or the top-level server:). */
+  server?: string;
   namespace: string;
   operation: string;
   /** SHA256 fingerprint of the key to sign with. */
@@ -61,7 +63,7 @@ export function explain(policy: Policy, req: ExplainRequest, served: Served): Ex
     return d.allowed;
   };
 
-  const shed = shedDecision(policy, { name: req.shed }, req.namespace, served(req.namespace));
+  const shed = shedDecision(policy, { name: req.shed, server: req.server }, req.namespace, served(req.namespace));
   if (!step('shed', { allowed: shed.allowed, code: shed.code, rule: shed.rule }) || !shed.shed) return finish();
   const e = shed.shed;
   const op = req.operation;
@@ -130,6 +132,13 @@ export function explain(policy: Policy, req: ExplainRequest, served: Served): Ex
         unknown();
         break;
       }
+      if (e.aws.mode === 'passthrough') {
+        if (!step('mode', roleDecision(e.aws))) break;
+        approval('aws-credentials', `the session credentials of profile ${e.aws.source_profile}`);
+        then.push(`the session credentials of source profile ${e.aws.source_profile} are read afresh, nothing cached (SOURCE_CREDENTIALS_FAILED when the profile cannot be loaded or its session has ended, LONG_LIVED_CREDENTIALS when it holds long-lived keys, which never enter a shed)`);
+        limits('aws');
+        break;
+      }
       if (!step('role', roleDecision(e.aws))) break;
       approval('aws-credentials', `credentials for ${e.aws.role}`);
       then.push(`STS AssumeRole with source profile ${e.aws.source_profile} (SOURCE_CREDENTIALS_FAILED when that profile cannot be loaded, ASSUME_ROLE_FAILED when STS refuses); cached per shed and role until ${formatDuration(e.aws.refresh_before)} before expiry`);
@@ -181,7 +190,7 @@ function describeGate(a: EffectiveApproval): string {
 export function formatExplanation(req: ExplainRequest, x: Explanation): string {
   const args = [req.key && `--key ${req.key}`, req.registry && `--registry ${req.registry}`, req.host && `--host ${req.host}`,
     req.signingNamespace !== undefined && `--signing-namespace ${req.signingNamespace}`].filter(Boolean).join(' ');
-  const lines = [`shed ${req.shed}: ${req.namespace} ${req.operation}${args ? ` ${args}` : ''}`];
+  const lines = [`shed ${req.shed}${req.server !== undefined ? ` of server ${req.server}` : ''}: ${req.namespace} ${req.operation}${args ? ` ${args}` : ''}`];
   for (const s of x.steps) lines.push(`  ${s.allowed ? 'allowed' : 'denied '}  ${s.check}: ${s.rule}`);
   lines.push(`verdict: ${x.allowed ? 'allowed' : `denied ${x.code ?? ''}`.trim()}`);
   for (const t of x.then) lines.push(`  then: ${t}`);

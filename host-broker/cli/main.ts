@@ -5,6 +5,7 @@ import { createLogger } from '../../protocol/log.js';
 import { VERSION } from '../../protocol/version.js';
 import { DEFAULT_POLICY_PATH, PolicyError } from '../policy/policy.js';
 import { DEFAULT_STATE_DIR } from '../status/answer.js';
+import { goStyleArgs } from './args.js';
 import { auditCommand } from './audit.js';
 import { doctorCommand } from './doctor.js';
 import { explainCommand } from './explain-command.js';
@@ -25,13 +26,16 @@ Commands:
                        reload, each server's namespaces (connected,
                        reconnecting: why, stopped), direct sockets, approval
                        gates, audit health (exit 1 when it is not running)
-  check                validate the policy: one line per shed (exit 0), or
-                       every problem as file:line:col (exit 1)
+  check [--json]       validate the policy: one line per shed (exit 0), or
+                       every problem as file:line:col (exit 1); --json prints
+                       every listed shed's effective policy
   policy list          each shed's role, ssh mode and keys, registries,
                        approval and socket
-  policy show SHED     SHED's merged policy as YAML, each value with its origin
-  explain SHED NAMESPACE OPERATION [--key FP] [--registry HOST] [--host NAME]
-                       [--signing-namespace NS] [--json]
+  policy show SHED [--server NAME] [--json]
+                       SHED's merged policy as YAML, each value with its
+                       origin; --server for a shed of a server under servers:
+  explain SHED NAMESPACE OPERATION [--server NAME] [--key FP] [--registry HOST]
+                       [--host NAME] [--signing-namespace NS] [--json]
                        the decision the broker would make, and the rule that
                        decides it (exit 0 allowed, 1 denied); touches no backend
   doctor               check the host side (ssh agent, keys, AWS profile,
@@ -41,34 +45,36 @@ Commands:
 
 Options:
   --config FILE   the policy file (default ${DEFAULT_POLICY_PATH});
-                  per-shed files go in sheds.d/<shed>.yaml beside it
-  --state-dir DIR where \`run\` keeps its status socket, and where \`status\`
-                  asks (default ${DEFAULT_STATE_DIR}); one daemon per directory
+                  per-shed files go in sheds.d/<shed>.yaml beside it.
+                  Also spelled --config=FILE, -config FILE, -config=FILE
+  --state-dir DIR where \`run\` keeps its status socket and the memory of
+                  answered requests, and where \`status\` asks (default
+                  ${DEFAULT_STATE_DIR}); one daemon per directory
   -h, --help      this text
 `;
+
+const OPTIONS = {
+  config: { type: 'string', short: 'c' },
+  help: { type: 'boolean', short: 'h' },
+  server: { type: 'string' },
+  key: { type: 'string' },
+  registry: { type: 'string' },
+  host: { type: 'string' },
+  'signing-namespace': { type: 'string' },
+  json: { type: 'boolean' },
+  'state-dir': { type: 'string' },
+} as const;
 
 /** Set by `run`: exit once it returns, whatever handle a peer may still hold open. */
 let forceExit = false;
 
-export async function main(argv: string[]): Promise<number> {
+export async function main(rawArgv: string[]): Promise<number> {
   // audit has options of its own (--shed, --since, --follow): it parses them.
-  if (argv[0] === 'audit') return auditCommand(argv.slice(1));
+  if (rawArgv[0] === 'audit') return auditCommand(goStyleArgs(rawArgv.slice(1), ['config', 'shed', 'since', 'follow', 'json', 'dir', 'file', 'help']));
+  const argv = goStyleArgs(rawArgv, Object.keys(OPTIONS));
   let parsed;
   try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        config: { type: 'string', short: 'c' },
-        help: { type: 'boolean', short: 'h' },
-        key: { type: 'string' },
-        registry: { type: 'string' },
-        host: { type: 'string' },
-        'signing-namespace': { type: 'string' },
-        json: { type: 'boolean' },
-        'state-dir': { type: 'string' },
-      },
-    });
+    parsed = parseArgs({ args: argv, allowPositionals: true, options: OPTIONS });
   } catch (err) {
     process.stderr.write(`shed-host-agent: ${(err as Error).message}\n${USAGE}`);
     return 2;
@@ -96,11 +102,11 @@ export async function main(argv: string[]): Promise<number> {
       }
       return statusCommand({ json: values.json, stateDir: values['state-dir'] }, processIo);
     case 'check':
-      return checkCommand(config, processIo);
+      return checkCommand(config, processIo, { json: values.json });
     case 'policy': {
       const sub = positionals[1];
       if (sub === 'list') return policyListCommand(config, processIo);
-      if (sub === 'show') return policyShowCommand(config, positionals[2], processIo);
+      if (sub === 'show') return policyShowCommand(config, positionals[2], processIo, { server: values.server, json: values.json });
       process.stderr.write(`shed-host-agent policy: expected \`policy list\` or \`policy show SHED\`\n${USAGE}`);
       return 2;
     }

@@ -15,8 +15,9 @@ import path from 'node:path';
 import { AGENT_WAIT_LIMIT_MS, SHED_NAME_RE } from '../../protocol/envelope.js';
 import { fileKind, NotRegularFile, readRegularFile } from '../../protocol/files.js';
 import { expandHome, resolveShed, type EffectiveShed } from './effective.js';
-import { dirForLogPath, isLegacy, LegacyDocument, legacyNotice, legacyPath, translateLegacy } from './legacy.js';
-import { formatDuration, PolicyDocument, ShedSections } from './schema.js';
+import { dirForLogPath, isLegacy, legacyNotice, translateLegacy } from './legacy.js';
+import { DEFAULT_SERVER_NAME, formatDuration, PolicyDocument, ShedSections } from './schema.js';
+import type { DiscoverySpec, ServerConnection, TokenSourceSpec } from '../transports/server-config.js';
 import { formatIssue, YamlSource, type KeyPath, type PolicyIssue, type Position } from './source.js';
 import { validate } from './validate.js';
 
@@ -25,6 +26,12 @@ export const DEFAULT_SOCKETS_DIR = '~/.local/state/shed/sockets';
 export const DEFAULT_AUDIT_DIR = '~/.local/share/shed/audit';
 export const DEFAULT_DENIALS_PER_MINUTE = 60;
 export const DEFAULT_SERVER_URL = 'http://localhost:8080';
+/** shed's client config, where discovery finds servers. */
+export const DEFAULT_DISCOVERY_SOURCE = '~/.shed/config.yaml';
+/** Where `shed server add` pins a server's SSH host key. */
+export const DEFAULT_KNOWN_HOSTS = '~/.shed/known_hosts';
+/** The account a server's forced bootstrap command runs as. */
+export const DEFAULT_BOOTSTRAP_USER = '_bootstrap';
 /** The per-shed directory, beside the main file. */
 export const SHEDS_DIR_NAME = 'sheds.d';
 
@@ -49,6 +56,24 @@ export interface PolicyExtras {
   shedsDir?: string;
 }
 
+/**
+ * What the policy says of a named server that has no url of its own (its
+ * connection comes from discovery): the keys it sets, to lay over what
+ * discovery finds. A bootstrap here may lack host and port (discovery's
+ * `host` and `ssh_port` fill them).
+ */
+export interface ServerSettings extends Omit<Partial<ServerConnection>, 'name' | 'token'> {
+  name: string;
+  policyScope: string;
+  token?: Exclude<TokenSourceSpec, { kind: 'bootstrap' }> | (Partial<Extract<TokenSourceSpec, { kind: 'bootstrap' }>> & { kind: 'bootstrap' });
+}
+
+type ConnectionKeys = NonNullable<PolicyDocument['server']>;
+
+function absolute(p: string): string {
+  return path.resolve(expandHome(p));
+}
+
 export class Policy {
   private readonly cache = new Map<string, EffectiveShed | undefined>();
   readonly notices: string[];
@@ -67,10 +92,17 @@ export class Policy {
     this.locator = extras.locate;
   }
 
-  /** The effective policy of `shed`, or undefined when neither its own entry nor `"*"` admits it. */
-  resolve(shed: string): EffectiveShed | undefined {
-    if (!this.cache.has(shed)) this.cache.set(shed, resolveShed(this.doc, shed));
-    return this.cache.get(shed);
+  /**
+   * The effective policy of `shed`, or undefined when nothing admits it.
+   * `server` is the name of a server under `servers:` or found by
+   * discovery; leave it out for direct sockets and the top-level `server:`
+   * (their sheds share one namespace and the global policy). A server with
+   * no section under `servers:` also gets the global policy.
+   */
+  resolve(shed: string, server?: string): EffectiveShed | undefined {
+    const key = server === undefined ? shed : `${server}\0${shed}`;
+    if (!this.cache.has(key)) this.cache.set(key, resolveShed(this.doc, shed, server));
+    return this.cache.get(key);
   }
 
   /** Sheds named in the policy (not `"*"`): each gets a direct socket. */
@@ -82,15 +114,91 @@ export class Policy {
     return Object.hasOwn(this.doc.sheds ?? {}, '*');
   }
 
+  /**
+   * The sheds the policy names, `"*"` last when one applies: the global
+   * ones, or for a server under `servers:` its own and the global ones.
+   */
+  listedSheds(server?: string): string[] {
+    const scoped = server !== undefined && this.serverScopes().includes(server);
+    const named = scoped ? [...new Set([...this.namedSheds(), ...this.namedShedsOf(server)])].sort() : this.namedSheds();
+    const wildcard = this.hasWildcard() || (scoped && this.hasWildcardOf(server));
+    return [...named, ...(wildcard ? ['*'] : [])];
+  }
+
+  /** The servers named under `servers:` (each a policy scope), sorted. */
+  serverScopes(): string[] {
+    return Object.keys(this.doc.servers ?? {}).sort();
+  }
+
+  /** Sheds named under `servers.<server>.sheds` (not `"*"`). */
+  namedShedsOf(server: string): string[] {
+    return Object.keys(this.doc.servers?.[server]?.sheds ?? {}).filter((n) => n !== '*').sort();
+  }
+
+  hasWildcardOf(server: string): boolean {
+    return Object.hasOwn(this.doc.servers?.[server]?.sheds ?? {}, '*');
+  }
+
+  /**
+   * The servers this policy connects to by itself: the top-level `server:`
+   * (named `default`) and each `servers.<name>` with a url. Servers without
+   * a url come from discovery (see `discovery()` and `serverSettings()`).
+   */
+  servers(): ServerConnection[] {
+    const out: ServerConnection[] = [];
+    const top = this.doc.server;
+    const add = (name: string, scope: string | undefined, url: string, keys: ConnectionKeys) => {
+      const { connection, token } = connectionOf(name, scope, url, keys);
+      out.push(token ? { ...connection, token: completeToken(name, token) } : connection);
+    };
+    if (top) add(DEFAULT_SERVER_NAME, undefined, top.url ?? DEFAULT_SERVER_URL, top);
+    for (const name of this.serverScopes()) {
+      const s = this.doc.servers![name];
+      if (s?.url !== undefined) add(name, name, s.url, s);
+    }
+    return out;
+  }
+
+  /** What `servers.<name>` sets, for a server that has no url (discovery supplies the rest); undefined when it is not there. */
+  serverSettings(name: string): ServerSettings | undefined {
+    if (!this.doc.servers || !Object.hasOwn(this.doc.servers, name)) return undefined;
+    const s = this.doc.servers[name] ?? {};
+    const { connection, token } = connectionOf(name, name, s.url ?? '', s);
+    const { url: _url, ...rest } = connection;
+    const settings: ServerSettings = { ...rest, name, policyScope: name };
+    if (s.url !== undefined) settings.url = s.url;
+    if (token) settings.token = token;
+    return settings;
+  }
+
+  /** Discovery of servers from shed's client config, when the policy asks for it. */
+  discovery(): DiscoverySpec | undefined {
+    const d = this.doc.discovery;
+    if (d === undefined) return undefined;
+    const spec: DiscoverySpec = { source: absolute(d?.source ?? DEFAULT_DISCOVERY_SOURCE), servers: d?.servers ?? 'all' };
+    const b = d?.bootstrap;
+    if (b) {
+      spec.bootstrap = {};
+      if (b.identity_file !== undefined) spec.bootstrap.identityFile = absolute(b.identity_file);
+      if (b.known_hosts !== undefined) spec.bootstrap.knownHosts = absolute(b.known_hosts);
+      if (b.client_name !== undefined) spec.bootstrap.clientName = b.client_name;
+    }
+    return spec;
+  }
+
   /** Where `path` (e.g. `['sheds', 'my-service', 'aws', 'role']`) was written, when the policy came from files. */
   locate(keyPath: KeyPath): Position | undefined {
     return this.locator?.(keyPath);
   }
 
-  /** Direct sockets run when `direct` is present or no `server` is configured, unless `direct.enabled: false`. */
+  /**
+   * Direct sockets run when `direct` is present or no shed server is
+   * configured (`server`, `servers`, `discovery`), unless `direct.enabled: false`.
+   */
   get direct(): { enabled: boolean; socketsDir: string; maxConnections?: number } {
     const d = this.doc.direct;
-    const enabled = d?.enabled ?? (d !== undefined || this.doc.server === undefined);
+    const anyServer = this.doc.server !== undefined || this.doc.servers !== undefined || this.doc.discovery !== undefined;
+    const enabled = d?.enabled ?? (d !== undefined || !anyServer);
     return { enabled, socketsDir: path.resolve(expandHome(d?.sockets_dir ?? DEFAULT_SOCKETS_DIR)), maxConnections: d?.max_connections };
   }
 
@@ -115,6 +223,53 @@ export class Policy {
   }
 }
 
+type SettingsToken = NonNullable<ServerSettings['token']>;
+
+/** A server's connection keys as the transports take them: absolute paths, the token source worked out (a bootstrap possibly partial). */
+function connectionOf(name: string, policyScope: string | undefined, url: string, s: ConnectionKeys): { connection: Omit<ServerConnection, 'token'>; token?: SettingsToken } {
+  const connection: Omit<ServerConnection, 'token'> = { name, url };
+  if (policyScope !== undefined) connection.policyScope = policyScope;
+  if (s.tls_pin !== undefined) connection.tlsPin = s.tls_pin;
+  if (s.client_cert !== undefined) connection.clientCert = absolute(s.client_cert);
+  if (s.client_key !== undefined) connection.clientKey = absolute(s.client_key);
+  if (s.namespaces !== undefined) connection.namespaces = [...s.namespaces];
+  if (s.token_file !== undefined) return { connection, token: { kind: 'file', path: absolute(s.token_file) } };
+  if (s.token_command !== undefined) return { connection, token: { kind: 'command', argv: [...s.token_command] } };
+  if (s.bootstrap === undefined) return { connection };
+  const b = s.bootstrap;
+  const token: SettingsToken = {
+    kind: 'bootstrap',
+    user: b.user ?? DEFAULT_BOOTSTRAP_USER,
+    knownHosts: absolute(b.known_hosts ?? DEFAULT_KNOWN_HOSTS),
+    clientName: b.client_name ?? os.hostname(),
+  };
+  const host = b.host ?? hostOf(url);
+  if (host !== undefined) token.host = host;
+  if (b.ssh_port !== undefined) token.port = b.ssh_port;
+  if (b.identity_file !== undefined) token.identityFile = absolute(b.identity_file);
+  return { connection, token };
+}
+
+/** A token source with every field (the schema requires a bootstrap's port and identity file on a server with a url). */
+function completeToken(name: string, token: SettingsToken): TokenSourceSpec {
+  if (token.kind !== 'bootstrap') return token;
+  const { host, port, user, identityFile, knownHosts, clientName } = token;
+  if (host === undefined || port === undefined || user === undefined || identityFile === undefined || knownHosts === undefined || clientName === undefined) {
+    throw new Error(`server ${name}: bootstrap needs host, ssh_port and identity_file`);
+  }
+  return { kind: 'bootstrap', host, port, user, identityFile, knownHosts, clientName };
+}
+
+/** The host name of a URL (brackets of an IPv6 literal removed), or undefined. */
+function hostOf(url: string): string | undefined {
+  try {
+    const host = new URL(url).hostname;
+    return host.replace(/^\[(.*)\]$/, '$1') || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Notices for keys of earlier versions that are read with a new meaning. */
 function auditNotices(doc: PolicyDocument, file: string): string[] {
   const a = doc.audit;
@@ -133,8 +288,13 @@ export function policyFromDocument(raw: unknown, file = '<policy>'): Policy {
   return new Policy(result.data!, [file]);
 }
 
+export interface LoadOptions {
+  /** The platform the original format's Touch ID approvals are read for (default: this host's). */
+  platform?: NodeJS.Platform;
+}
+
 /** Read and validate a policy file and its sheds.d directory; throws PolicyError listing every problem. */
-export function loadPolicyFile(file: string): Policy {
+export function loadPolicyFile(file: string, options: LoadOptions = {}): Policy {
   const main = path.resolve(expandHome(file));
   const issues: PolicyIssue[] = [];
   const notices: string[] = [];
@@ -159,17 +319,14 @@ export function loadPolicyFile(file: string): Policy {
     if (raw === null || raw === undefined) {
       issues.push({ file: main, line: 1, col: 1, path: [], message: 'the policy file is empty: it needs at least `version: 1` (start from config-examples/extensions.yaml)' });
     } else if (isLegacy(raw)) {
-      const old = validate(LegacyDocument, raw, (p, o) => source.locate(p, o), main);
-      if (old.issues.length) {
-        issues.push(...old.issues);
-      } else {
-        const translation = translateLegacy(old.data!);
-        mainLocate = (p, o) => source.locate(legacyPath(p), o);
-        const next = validate(PolicyDocument, translation.doc, (p, o) => source.locate(legacyPath(p), o), main);
-        issues.push(...next.issues);
-        doc = next.data;
-        notices.push(legacyNotice(main, translation));
-      }
+      const translation = translateLegacy(raw, main, (p, o) => source.locate(p, o), { platform: options.platform });
+      issues.push(...translation.issues);
+      mainLocate = (p, o) => source.locate(translation.originOf(p), o);
+      const next = validate(PolicyDocument, translation.doc, mainLocate, main);
+      // Problems are named by the keys the file has, not those of the translation.
+      issues.push(...next.issues.map((i) => ({ ...i, path: translation.originOf(i.path) })));
+      doc = next.data;
+      notices.push(legacyNotice(main, translation.doc), ...translation.warnings);
     } else {
       const next = validate(PolicyDocument, raw, (p, o) => source.locate(p, o), main);
       issues.push(...next.issues);
@@ -219,12 +376,16 @@ export function loadPolicyFile(file: string): Policy {
  * (shed-agent's 30 s) approves requests nobody is waiting for any more.
  */
 function lateApprovalNotices(policy: Policy): string[] {
-  const late = [...policy.namedSheds(), ...(policy.hasWildcard() ? ['*'] : [])]
-    .map((name) => ({ name, approval: policy.resolve(name)!.approval }))
-    .filter(({ approval }) => approval.gate !== 'none' && approval.timeout >= AGENT_WAIT_LIMIT_MS);
+  const listed = (server?: string) => policy.listedSheds(server).map((name) => ({ name, server, approval: policy.resolve(name, server)!.approval }));
+  const late = [
+    ...listed(),
+    // A server's shed whose gate is the global one's is said once, globally.
+    ...policy.serverScopes().flatMap((s) => listed(s).filter((e) => JSON.stringify(e.approval) !== JSON.stringify(policy.resolve(e.name)?.approval))),
+  ].filter(({ approval }) => approval.gate !== 'none' && approval.timeout >= AGENT_WAIT_LIMIT_MS);
   if (late.length === 0) return [];
   const timeouts = [...new Set(late.map(({ approval }) => formatDuration(approval.timeout)))].join(', ');
-  const names = late.slice(0, 5).map(({ name }) => (name === '*' ? '"*"' : name)).join(', ') + (late.length > 5 ? ` and ${late.length - 5} more` : '');
+  const label = ({ name, server }: { name: string; server?: string }) => `${name === '*' ? '"*"' : name}${server ? ` of server ${server}` : ''}`;
+  const names = late.slice(0, 5).map(label).join(', ') + (late.length > 5 ? ` and ${late.length - 5} more` : '');
   return [`notice: approval.timeout (${timeouts}) for ${names} is not shorter than the ${AGENT_WAIT_LIMIT_MS / 1000} s a guest waits for an answer: a request approved after that has already failed in the shed (per-session and per-shed approvals still serve its retry); set approval.timeout below ${AGENT_WAIT_LIMIT_MS / 1000}s, e.g. 25s`];
 }
 

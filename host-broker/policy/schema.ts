@@ -7,13 +7,24 @@
 import { z } from 'zod';
 import { SHED_NAME_RE } from '../../protocol/envelope.js';
 
-const DURATION_RE = /^(\d+)(ms|s|m|h|d)$/;
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+/** Milliseconds per unit: Go's (ns, us/µs, ms, s, m, h) and days. */
+const UNIT_MS: Record<string, number> = { ns: 1e-6, us: 1e-3, 'µs': 1e-3, 'μs': 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+const PART = '(?:\\d+(?:\\.\\d*)?|\\.\\d+)(?:ns|us|µs|μs|ms|s|m|h|d)';
+/** `90s`, `5m`, `1h`, `1d`, and Go's `time.ParseDuration` forms: `1h30m`, `1.5h`, `300ms`, `0`. */
+const DURATION_RE = new RegExp(`^(?:0|(?:${PART})+)$`);
+const PART_RE = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)/g;
 
-/** `90s`, `5m`, `1h` → milliseconds; undefined when malformed. */
+/**
+ * `90s`, `5m`, `1h`, `1h30m`, `1.5h`, `300ms` → milliseconds (rounded to a
+ * whole one); undefined when malformed. The original's Go durations and
+ * version 1's read the same way; a sign is refused (nothing here runs
+ * backwards).
+ */
 export function parseDuration(text: string): number | undefined {
-  const m = DURATION_RE.exec(text);
-  return m ? Number(m[1]) * UNIT_MS[m[2] as string]! : undefined;
+  if (!DURATION_RE.test(text)) return undefined;
+  let total = 0;
+  for (const m of text.matchAll(PART_RE)) total += Number(m[1]) * UNIT_MS[m[2]!]!;
+  return Math.round(total);
 }
 
 export function formatDuration(ms: number): string {
@@ -24,10 +35,12 @@ export function formatDuration(ms: number): string {
   return `${ms}ms`;
 }
 
+export const DURATION_HINT = 'expected a duration such as 90s, 5m or 1h (a number and one of ms, s, m, h, d; Go\'s 1h30m and 1.5h work too)';
+
 /** A duration string, kept as milliseconds after parsing. */
 export const Duration = z
-  .string({ error: 'expected a duration such as 90s, 5m or 1h' })
-  .regex(DURATION_RE, { error: 'expected a duration such as 90s, 5m or 1h (a whole number and one of ms, s, m, h, d)' })
+  .string({ error: DURATION_HINT })
+  .refine((s) => parseDuration(s) !== undefined, { error: DURATION_HINT })
   .transform((s) => parseDuration(s)!);
 
 export const FINGERPRINT_RE = /^SHA256:[A-Za-z0-9+/]{43}$/;
@@ -78,6 +91,12 @@ const Tags = z.record(z.string().min(1).max(128), z.string().max(256));
 
 export const AwsSection = z.strictObject({
   enabled: z.boolean().optional(),
+  /**
+   * `assume-role`: STS AssumeRole into `role` with the source profile's
+   * credentials. `passthrough`: the source profile's own session
+   * credentials (SSO, SAML), re-read on each request; `role` is not used.
+   */
+  mode: z.enum(['assume-role', 'passthrough']).optional(),
   role: RoleArn.optional(),
   source_profile: NonEmpty.optional(),
   session_duration: Duration.optional(),
@@ -111,7 +130,8 @@ export const ApprovalSection = z.strictObject({
   applies_to: z.array(z.enum(['ssh-agent', 'aws-credentials'])).optional(),
 });
 
-const Bucket = z.strictObject({
+/** A token bucket; `burst` defaults to a tenth of `per_minute` (at least 1). */
+export const BucketSection = z.strictObject({
   per_minute: z.number().int().positive(),
   burst: z.number().int().positive().optional(),
 });
@@ -121,9 +141,9 @@ export const LimitsSection = z.strictObject({
   max_concurrent: z.number().int().positive().optional(),
   /** Connections one shed may hold open on its direct socket; more are closed at once. */
   max_connections: z.number().int().min(1).max(65_536).optional(),
-  ssh: Bucket.optional(),
-  aws: Bucket.optional(),
-  docker: Bucket.optional(),
+  ssh: BucketSection.optional(),
+  aws: BucketSection.optional(),
+  docker: BucketSection.optional(),
 });
 
 export const ShedSections = z.strictObject({
@@ -135,14 +155,66 @@ export const ShedSections = z.strictObject({
 });
 export type ShedSections = z.infer<typeof ShedSections>;
 
-export const ServerSection = z.strictObject({
-  url: z.url({ error: 'expected the shed-server URL, like http://localhost:8080' }).optional(),
-  token_file: NonEmpty.optional(),
+const Port = z.number({ error: 'expected a port number' }).int().min(1).max(65_535);
+
+/** Minting a bearer token over SSH (PROTOCOL.md 3a): `ssh -p <ssh_port> <user>@<host> credentials <client_name>`. */
+export const BootstrapSection = z.strictObject({
+  /** Default: the host of the server's url. */
+  host: NonEmpty.optional(),
+  ssh_port: Port.optional(),
+  /** Default `_bootstrap`. */
+  user: NonEmpty.optional(),
+  /** The dedicated private key the server allowlists. */
+  identity_file: NonEmpty.optional(),
+  /** The server's pinned SSH host key. Default `~/.shed/known_hosts` (where `shed server add` writes it). */
+  known_hosts: NonEmpty.optional(),
+  /** The name the token is minted for. Default: this host's name. */
+  client_name: NonEmpty.optional(),
+});
+
+/** Where a server is and how to trust it: the same keys on `server:` and on each `servers.<name>`. */
+const CONNECTION_KEYS = {
+  url: z.url({ error: 'expected the shed-server URL, like http://localhost:8080 or https://mini.local:8443' }).optional(),
   tls_pin: z.string().regex(/^sha256:[0-9a-fA-F:]{64,95}$/, { error: 'expected sha256:<64 hex digits of the certificate DER>' }).optional(),
+  /** A file holding the bearer token (re-read when it changes). */
+  token_file: NonEmpty.optional(),
+  /** argv, run without a shell; stdout is a token or shed's JSON credentials bundle. */
+  token_command: z.array(NonEmpty, { error: 'expected a command as a list (argv, run without a shell), like [shed, credentials, print]' })
+    .min(1, { error: 'expected a command as a list (argv, run without a shell), like [shed, credentials, print]' }).optional(),
+  bootstrap: BootstrapSection.optional(),
   client_cert: NonEmpty.optional(),
   client_key: NonEmpty.optional(),
   /** Namespaces to subscribe; every enabled one by default. */
   namespaces: z.array(z.enum(['ssh-agent', 'aws-credentials', 'docker-credentials'])).optional(),
+};
+/** The keys of a server that choose where its bearer token comes from; at most one per server. */
+export const TOKEN_SOURCE_KEYS = ['token_file', 'token_command', 'bootstrap'] as const;
+
+export const ServerSection = z.strictObject(CONNECTION_KEYS);
+
+/** `sheds:` of the policy or of one server: a shed's sections by name, `"*"` for any shed not named. */
+const ShedsMap = z.record(z.union([ShedName, z.literal('*')]), ShedSections.nullable());
+
+/** A server by name: its connection (or none, to take it from discovery) and its policy over the global one. */
+export const NamedServerSection = z.strictObject({
+  ...CONNECTION_KEYS,
+  /** Over the global `defaults`, for this server's sheds. */
+  defaults: ShedSections.optional(),
+  /** Over the global `sheds` entry of the same name, for this server's sheds. */
+  sheds: ShedsMap.optional(),
+});
+
+export const DiscoverySection = z.strictObject({
+  /** shed's client config. Default `~/.shed/config.yaml`. */
+  source: NonEmpty.optional(),
+  /** `all` (the default) or the names of the servers to broker for. */
+  servers: z.union([z.literal('all'), z.array(ShedName)], { error: 'expected `all` or a list of server names' }).optional(),
+  /** How to mint tokens for the secure-mode servers found there. */
+  bootstrap: z.strictObject({
+    identity_file: NonEmpty.optional(),
+    known_hosts: NonEmpty.optional(),
+    client_name: NonEmpty.optional(),
+  }).optional(),
 });
 
 export const DirectSection = z.strictObject({
@@ -166,12 +238,66 @@ export const AuditSection = z.strictObject({
   required: z.boolean().optional(),
 });
 
+/** The name the top-level `server:` goes by in logs, audit lines and `servers()`. */
+export const DEFAULT_SERVER_NAME = 'default';
+
 export const PolicyDocument = z.strictObject({
   version: z.literal(1, { error: 'expected `version: 1`' }),
   server: ServerSection.optional(),
+  /** More shed servers by name, each with its connection and its own policy layer. */
+  servers: z.record(ShedName, NamedServerSection.nullable()).optional(),
+  /** Servers found in shed's client config (`~/.shed/config.yaml`). `discovery:` alone means every one. */
+  discovery: DiscoverySection.nullable().optional(),
   direct: DirectSection.optional(),
   audit: AuditSection.optional(),
   defaults: ShedSections.optional(),
-  sheds: z.record(z.union([ShedName, z.literal('*')]), ShedSections.nullable()).optional(),
+  sheds: ShedsMap.optional(),
+}).superRefine((doc, rawCtx) => {
+  // Every message here is whole: it names the keys and the fix (validate adds nothing).
+  const ctx = { addIssue: (issue: { code: 'custom'; path: PropertyKey[]; message: string }) => rawCtx.addIssue({ ...issue, params: { whole: true } }) };
+  const connections: Array<[Array<string>, z.output<typeof ServerSection>]> = [];
+  if (doc.server) connections.push([['server'], doc.server]);
+  for (const [name, server] of Object.entries(doc.servers ?? {})) if (server) connections.push([['servers', name], server]);
+  for (const [at, server] of connections) {
+    const where = at.join('.');
+    const sources = TOKEN_SOURCE_KEYS.filter((k) => server[k] !== undefined);
+    if (sources.length > 1) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [...at, sources[1]!],
+        message: `${where} has both ${sources[0]} and ${sources[1]}${sources[2] ? ` (and ${sources[2]})` : ''}: a server takes its bearer token from one source; keep one of them`,
+      });
+    }
+    if ((server.client_cert === undefined) !== (server.client_key === undefined)) {
+      const has = server.client_cert !== undefined ? 'client_cert' : 'client_key';
+      ctx.addIssue({ code: 'custom', path: [...at, has], message: `client_cert and client_key go together (mutual TLS): set both, or neither` });
+    }
+    const https = server.url === undefined || /^https:/i.test(server.url);
+    for (const key of ['tls_pin', 'client_cert'] as const) {
+      if (server[key] !== undefined && !https) {
+        ctx.addIssue({ code: 'custom', path: [...at, key], message: `${key} needs an https:// url, and ${where}.url is ${server.url}; use https://… or remove ${key}` });
+      }
+    }
+    if (server.bootstrap && server.url !== undefined) {
+      for (const key of ['ssh_port', 'identity_file'] as const) {
+        if (server.bootstrap[key] === undefined) {
+          const what = key === 'ssh_port' ? 'the server\'s SSH port (ssh_port in ~/.shed/config.yaml)' : 'the private key the server allowlists for minting';
+          ctx.addIssue({ code: 'custom', path: [...at, 'bootstrap'], message: `bootstrap needs ${key}: ${what}` });
+        }
+      }
+    }
+  }
+  for (const [name, server] of Object.entries(doc.servers ?? {})) {
+    if (name === DEFAULT_SERVER_NAME && doc.server) {
+      ctx.addIssue({ code: 'custom', path: ['servers', name], message: `the top-level server: is named ${DEFAULT_SERVER_NAME}; give this server another name` });
+    }
+    if (server?.url !== undefined) continue;
+    const discovery = doc.discovery === undefined ? undefined : (doc.discovery ?? {});
+    if (!discovery) {
+      ctx.addIssue({ code: 'custom', path: ['servers', name], message: `servers.${name} has no url, and there is no discovery: block to find it in ~/.shed/config.yaml; add url: (or a discovery: block)` });
+    } else if (Array.isArray(discovery.servers) && !discovery.servers.includes(name)) {
+      ctx.addIssue({ code: 'custom', path: ['servers', name], message: `servers.${name} has no url, and discovery.servers (${discovery.servers.join(', ') || 'empty'}) does not include it; add url:, or add ${name} to discovery.servers` });
+    }
+  }
 });
 export type PolicyDocument = z.infer<typeof PolicyDocument>;

@@ -6,10 +6,10 @@
  */
 import path from 'node:path';
 import { stringify } from 'yaml';
-import { BUILTIN_DEFAULTS, mergeSections, type EffectiveShed } from './effective.js';
+import { BUILTIN_DEFAULTS, mergeSections, shedLayers, type EffectiveShed, type WrittenSections } from './effective.js';
 import type { Policy } from './policy.js';
 import { formatDuration } from './schema.js';
-import type { KeyPath } from './source.js';
+import { formatPath, type KeyPath } from './source.js';
 
 type Plain = Record<string, unknown>;
 
@@ -24,23 +24,25 @@ const OPAQUE = new Set(['aws.session_policy']);
 
 export interface ShownShed {
   effective: EffectiveShed;
-  /** `sheds.my-service`, or `sheds."*"` for a shed admitted by the wildcard. */
+  /** The most specific entry that admits it: `sheds.my-service`, `sheds."*"`, `servers.mini2.sheds.web`. */
   entry: string;
+  /** The layers merged, most specific first (`servers.mini2.sheds.web`, `servers.mini2.defaults`, `sheds."*"`, `defaults`). */
+  layers: string[];
   /** Origin of each value, by dotted path within the sections (`aws.role`). */
   origins: Map<string, string>;
 }
 
 /**
- * The effective policy of `shed` and each value's origin; undefined when the
- * policy does not admit it. Origins follow the merge exactly: maps merge key
- * by key, so each key keeps the layer that last set it; a list or scalar is
- * the layer that replaced it.
+ * The effective policy of `shed` (of the named `server`, when given) and
+ * each value's origin; undefined when the policy does not admit it.
+ * Origins follow the merge exactly: maps merge key by key, so each key
+ * keeps the layer that last set it; a list or scalar is the layer that
+ * replaced it.
  */
-export function showShed(policy: Policy, shed: string): ShownShed | undefined {
-  const effective = policy.resolve(shed);
-  if (!effective) return undefined;
-  const entryName = effective.matched === 'named' ? shed : '*';
-  const entry = `sheds.${entryName === '*' ? '"*"' : entryName}`;
+export function showShed(policy: Policy, shed: string, server?: string): ShownShed | undefined {
+  const effective = policy.resolve(shed, server);
+  const found = shedLayers(policy.doc, shed, server);
+  if (!effective || !found) return undefined;
   const origins = new Map<string, string>();
   const where = (keyPath: KeyPath): string => {
     const at = policy.locate(keyPath);
@@ -60,13 +62,16 @@ export function showShed(policy: Policy, shed: string): ShownShed | undefined {
       else if (isMap(value)) for (const sub of leafPaths(value, p)) origins.set(sub.join('.'), label(p));
     }
   };
-  const builtin = BUILTIN_DEFAULTS as unknown as Plain;
-  overlay(builtin, undefined, [], () => 'built-in');
-  overlay(policy.doc.defaults ?? {}, builtin, [], (p) => `defaults${where(['defaults', ...p])}`);
-  const own = policy.doc.sheds?.[entryName] ?? {};
-  overlay(own, mergeSections(builtin, policy.doc.defaults ?? {}), [], (p) => `${entry}${where(['sheds', entryName, ...p])}`);
+  overlay(BUILTIN_DEFAULTS, undefined, [], () => 'built-in');
+  let below: WrittenSections = BUILTIN_DEFAULTS;
+  for (const layer of found.layers) {
+    const name = formatPath(layer.at);
+    overlay(layer.sections, below, [], (p) => `${name}${where([...layer.at, ...p])}`);
+    below = mergeSections<WrittenSections>(below, layer.sections);
+  }
   origins.set('aws.tags.shed', 'set by the broker: the shed\'s name');
-  return { effective, entry, origins };
+  const entries = found.layers.filter((l) => l.at[l.at.length - 2] === 'sheds');
+  return { effective, entry: formatPath(entries[entries.length - 1]!.at), layers: found.layers.map((l) => formatPath(l.at)).reverse(), origins };
 }
 
 function leafPaths(value: Plain, prefix: string[]): string[][] {
@@ -74,8 +79,8 @@ function leafPaths(value: Plain, prefix: string[]): string[][] {
 }
 
 /** The effective policy as YAML, each value commented with its origin. */
-export function renderShed(policy: Policy, shed: string): string | undefined {
-  const shown = showShed(policy, shed);
+export function renderShed(policy: Policy, shed: string, server?: string): string | undefined {
+  const shown = showShed(policy, shed, server);
   if (!shown) return undefined;
   const { effective, origins } = shown;
   const rows: Array<[string, string]> = [];
@@ -93,10 +98,10 @@ export function renderShed(policy: Policy, shed: string): string | undefined {
   };
   for (const section of ['ssh', 'aws', 'docker', 'approval', 'limits'] as const) emit(effective[section], [section], 0);
   const width = Math.min(60, Math.max(...rows.map(([text]) => text.length)));
-  const head = [
-    `# shed ${shed}: ${effective.matched === 'named' ? `its own entry, ${shown.entry}` : `no entry of its own: the "*" entry`} merged over defaults`,
-    `# ${describeSocket(policy, shed)}`,
-  ];
+  const head = server === undefined || !policy.serverScopes().includes(server)
+    ? [`# shed ${shed}${server === undefined ? '' : ` of server ${server} (no servers.${server} section: the global policy)`}: ${effective.matched === 'named' ? `its own entry, ${shown.entry}` : `no entry of its own: the "*" entry`} merged over defaults`]
+    : [`# shed ${shed} of server ${server}: ${effective.matched === 'named' ? 'its own entry' : 'no entry of its own: the "*" entry'}; layers, most specific first: ${shown.layers.join(', ')}`];
+  head.push(`# ${describeSocket(policy, shed, server)}`);
   return `${head.join('\n')}\n${rows.map(([text, origin]) => (origin ? `${text.padEnd(width)}  # ${origin}` : text)).join('\n')}\n`;
 }
 
@@ -117,11 +122,15 @@ function flow(value: unknown): string {
 }
 
 /** Where the shed's guests connect on this host. */
-export function describeSocket(policy: Policy, shed: string): string {
+export function describeSocket(policy: Policy, shed: string, server?: string): string {
+  if (server !== undefined) {
+    const url = policy.servers().find((s) => s.name === server)?.url;
+    return `shed-server ${server} (${url ?? (policy.discovery() ? 'found by discovery' : 'not configured')})`;
+  }
   const direct = policy.direct;
   const named = policy.namedSheds().includes(shed);
   const parts: string[] = [];
-  if (direct.enabled && named) parts.push(`direct socket ${path.join(direct.socketsDir, `${shed}.sock`)}`);
+  if (direct.enabled && named) parts.push(`direct socket ${path.join(direct.socketsDir, shed, 'bus.sock')}`);
   else if (direct.enabled) parts.push('no direct socket (only sheds named in the policy get one)');
   if (policy.server) parts.push(`shed-server ${policy.server.url}`);
   return parts.join('; ') || 'no transport';
@@ -137,10 +146,10 @@ export interface ShedSummary {
 }
 
 /** One shed's policy in a few words per namespace. */
-export function summarizeShed(policy: Policy, shed: string): ShedSummary | undefined {
-  const e = policy.resolve(shed);
+export function summarizeShed(policy: Policy, shed: string, server?: string): ShedSummary | undefined {
+  const e = policy.resolve(shed, server);
   if (!e) return undefined;
-  const role = !e.aws.enabled ? 'disabled' : (e.aws.role ?? '(none)');
+  const role = !e.aws.enabled ? 'disabled' : e.aws.mode === 'passthrough' ? `passthrough:${e.aws.source_profile}` : (e.aws.role ?? '(none)');
   const keys = e.ssh.allowed_keys.length ? `${e.ssh.allowed_keys.length} key${e.ssh.allowed_keys.length === 1 ? '' : 's'}` : 'every key';
   const hosts = e.ssh.allowed_hosts === undefined ? '' : `, ${e.ssh.allowed_hosts.length} allowed host${e.ssh.allowed_hosts.length === 1 ? '' : 's'}`;
   const ssh = e.ssh.enabled ? `${e.ssh.mode}, ${keys}${hosts}` : 'disabled';
@@ -148,13 +157,18 @@ export function summarizeShed(policy: Policy, shed: string): ShedSummary | undef
   const a = e.approval;
   const approval = a.gate === 'none' ? 'none' : `${a.gate} ${a.policy}${a.policy === 'per-request' ? '' : ` ${formatDuration(a.ttl)}`}${a.applies_to.includes('aws-credentials') ? ' (ssh, aws)' : ''}`;
   const direct = policy.direct;
-  const socket = shed === '*'
+  const socket = server !== undefined ? `shed-server ${server}` : shed === '*'
     ? (policy.server ? 'shed-server only' : '-')
-    : direct.enabled ? path.join(direct.socketsDir, `${shed}.sock`) : 'shed-server only';
+    : direct.enabled ? path.join(direct.socketsDir, shed, 'bus.sock') : 'shed-server only';
   return { shed: shed === '*' ? '"*"' : shed, role, ssh, registries, approval, socket };
 }
 
 /** Every shed the policy names, and `"*"` last. */
 export function listedSheds(policy: Policy): string[] {
-  return [...policy.namedSheds(), ...(policy.hasWildcard() ? ['*'] : [])];
+  return policy.listedSheds();
+}
+
+/** Every shed named under `servers.<server>.sheds` or globally, and `"*"` last when either level has one. */
+export function listedShedsOf(policy: Policy, server: string): string[] {
+  return policy.listedSheds(server);
 }

@@ -43,7 +43,7 @@ export class YamlSource {
   readonly syntaxIssues: PolicyIssue[];
 
   constructor(readonly file: string, readonly text: string) {
-    this.doc = parseDocument(text, { lineCounter: this.lines, uniqueKeys: true, prettyErrors: false });
+    this.doc = parseDocument(text, { lineCounter: this.lines, uniqueKeys: true, prettyErrors: false, merge: true });
     this.syntaxIssues = this.doc.errors.map((e) => ({
       ...this.at(e.pos[0]),
       path: [],
@@ -63,11 +63,13 @@ export class YamlSource {
 
   /**
    * Where `path` is written: its value (or, with `key`, the key naming it).
-   * A path that is not in the file points at its nearest written ancestor.
+   * A path that is not in the file points at its nearest written ancestor
+   * (at the key naming it, when it has one: `aws:` for a missing `aws.x`).
    */
   locate(path: KeyPath, options: { key?: boolean } = {}): Position {
     let node: unknown = this.doc.contents;
     let keyNode: Node | undefined;
+    let lastKey: Node | undefined;
     let last: Node | undefined = (node as Node | null) ?? undefined;
     for (let i = 0; i < path.length; i++) {
       if (isAlias(node)) node = node.resolve(this.doc);
@@ -83,7 +85,12 @@ export class YamlSource {
       } else if (isSeq(node) && typeof seg === 'number') {
         next = node.items[seg];
       }
-      if (next === undefined || next === null) break;
+      if (next === undefined || next === null) {
+        // Not written: the ancestor's key line (when the ancestor is a map entry) says where to add it.
+        if (i > 0 && lastKey) last = lastKey;
+        break;
+      }
+      lastKey = keyNode;
       node = next;
       last = (i === path.length - 1 && options.key && keyNode) ? keyNode : (next as Node);
       // A value with no text (`alpha:`) points at its key.

@@ -3,21 +3,12 @@
  * concerns, in words an admin can act on (unknown keys name the keys that
  * are allowed there, and the nearest one when it looks like a typo).
  */
-import type { z } from 'zod';
+import { z } from 'zod';
 import { describeValue, type KeyPath, type PolicyIssue, type Position } from './source.js';
 
 export type Locate = (path: KeyPath, options?: { key?: boolean }) => Position;
 
-interface RawIssue {
-  code: string;
-  path: PropertyKey[];
-  message: string;
-  keys?: string[];
-  values?: unknown[];
-  expected?: string;
-  issues?: RawIssue[];
-  errors?: RawIssue[][];
-}
+type Issue = z.core.$ZodIssue;
 
 /**
  * Validate `value` with `schema`; issues name paths under `prefix` (where
@@ -34,38 +25,50 @@ export function validate<S extends z.ZodType>(
   const parsed = schema.safeParse(value);
   if (parsed.success) return { data: parsed.data, issues: [] };
   const out: PolicyIssue[] = [];
-  const add = (issue: RawIssue, base: KeyPath) => {
-    const rel = [...base, ...(issue.path as Array<string | number>)];
-    if (issue.code === 'invalid_union' && issue.errors?.length) {
+  const add = (issue: Issue, base: KeyPath) => {
+    const rel = [...base, ...issue.path.filter((seg): seg is string | number => typeof seg !== 'symbol')];
+    // A union with its own message, whose every branch refuses the value itself: say the union's words.
+    if (issue.code === 'invalid_union' && !/^Invalid/.test(issue.message) && issue.errors.every((branch) => branch.every((sub) => sub.path.length === 0))) {
+      out.push({ ...at(locate(rel), file), path: [...prefix, ...rel], message: `${issue.message}; got ${describeValue(get(value, rel))}` });
+      return;
+    }
+    if (issue.code === 'invalid_union' && issue.errors.length) {
       const best = [...issue.errors].sort((a, b) => a.length - b.length)[0]!;
       for (const sub of best) add(sub, rel);
       return;
     }
     if (issue.code === 'unrecognized_keys') {
       const known = knownKeys(schema, rel);
-      for (const key of issue.keys ?? []) {
+      for (const key of issue.keys) {
         out.push({ ...at(locate(rel.concat(key), { key: true }), file), path: [...prefix, ...rel, key], message: unknownKeyMessage(key, known, prefix.length + rel.length === 0) });
       }
       return;
     }
     if (issue.code === 'invalid_key') {
-      const inner = issue.issues?.[0]?.message ?? 'not a valid key here';
-      out.push({ ...at(locate(rel, { key: true }), file), path: [...prefix, ...rel], message: `${JSON.stringify(String(rel[rel.length - 1]))} is not ${rel[rel.length - 2] === 'sheds' ? 'a shed name' : 'allowed as a key here'}: ${inner}` });
+      const inner = issue.issues[0]?.message ?? 'not a valid key here';
+      const parent = rel[rel.length - 2];
+      const what = parent === 'sheds' ? 'a shed name' : parent === 'servers' && rel.length === 2 ? 'a server name' : 'allowed as a key here';
+      out.push({ ...at(locate(rel, { key: true }), file), path: [...prefix, ...rel], message: `${JSON.stringify(String(rel[rel.length - 1]))} is not ${what}: ${inner.replace(/^shed names/, parent === 'servers' ? 'server names, like shed names,' : 'shed names')}` });
+      return;
+    }
+    // The policy's own cross-key checks say everything themselves.
+    if (issue.code === 'custom' && issue.params?.whole === true) {
+      out.push({ ...at(locate(rel), file), path: [...prefix, ...rel], message: issue.message });
       return;
     }
     const actual = get(value, rel);
     let message = issue.message;
-    if (issue.code === 'invalid_value' && /^Invalid/.test(message) && issue.values) {
+    if (issue.code === 'invalid_value' && /^Invalid/.test(message)) {
       message = `expected ${issue.values.length === 1 ? String(issue.values[0]) : `one of ${issue.values.map(String).join(', ')}`}`;
     } else if (issue.code === 'invalid_type' && /^Invalid/.test(message)) {
-      message = `expected ${article(issue.expected ?? 'value')}`;
+      message = `expected ${article(issue.expected)}`;
     } else if (/^(Too|Invalid)/.test(message)) {
       message = message.replace(/^Too (small|big): expected (\w+) to have /, 'expected $2 to have ').replace(/^Invalid input: /, '');
     }
     const got = actual === undefined ? 'it is missing' : `got ${describeValue(actual)}`;
     out.push({ ...at(locate(rel), file), path: [...prefix, ...rel], message: `${message}; ${got}` });
   };
-  for (const issue of parsed.error.issues as unknown as RawIssue[]) add(issue, []);
+  for (const issue of parsed.error.issues) add(issue, []);
   return { issues: out };
 }
 
@@ -100,47 +103,32 @@ function unknownKeyMessage(key: string, known: string[], topLevel: boolean): str
   return `unknown key ${JSON.stringify(key)}${hint}${known.length ? `; allowed here: ${known.join(', ')}` : ''}`;
 }
 
-/** The keys an object schema allows at `path` (through optional, nullable, records, unions of objects). */
+/** The keys an object schema allows at `path` (through optional, nullable, records, lists, unions of objects). */
 export function knownKeys(schema: z.ZodType, path: KeyPath): string[] {
-  let nodes: unknown[] = [schema];
+  let nodes: z.core.$ZodType[] = [schema];
   for (const seg of [...path, undefined]) {
     nodes = nodes.flatMap(unwrap);
     if (seg === undefined) break;
-    nodes = nodes.flatMap((n) => {
-      const def = defOf(n);
-      if (def.type === 'object') return def.shape?.[seg as string] ? [def.shape[seg as string]] : [];
-      if (def.type === 'record') return [def.valueType];
-      if (def.type === 'array') return [def.element];
+    nodes = nodes.flatMap((n): z.core.$ZodType[] => {
+      if (n instanceof z.ZodObject) {
+        const child = n.shape[String(seg)];
+        return child ? [child] : [];
+      }
+      if (n instanceof z.ZodRecord) return [n.valueType];
+      if (n instanceof z.ZodArray) return [n.element];
       return [];
     });
   }
   const keys = new Set<string>();
-  for (const n of nodes) {
-    const def = defOf(n);
-    if (def.type === 'object') for (const k of Object.keys(def.shape ?? {})) keys.add(k);
-  }
+  for (const n of nodes) if (n instanceof z.ZodObject) for (const k of Object.keys(n.shape)) keys.add(k);
   return [...keys];
 }
 
-interface Def {
-  type: string;
-  shape?: Record<string, unknown>;
-  innerType?: unknown;
-  valueType?: unknown;
-  element?: unknown;
-  options?: unknown[];
-  in?: unknown;
-}
-
-function defOf(node: unknown): Def {
-  return ((node as { _zod?: { def?: Def } })._zod?.def) ?? { type: 'unknown' };
-}
-
-function unwrap(node: unknown): unknown[] {
-  const def = defOf(node);
-  if (def.type === 'optional' || def.type === 'nullable' || def.type === 'default') return unwrap(def.innerType);
-  if (def.type === 'pipe') return unwrap(def.in);
-  if (def.type === 'union') return (def.options ?? []).flatMap(unwrap);
+/** The schemas a value at this node is checked against, wrappers (optional, nullable, default, pipe, union) removed. */
+function unwrap(node: z.core.$ZodType): z.core.$ZodType[] {
+  if (node instanceof z.ZodOptional || node instanceof z.ZodNullable || node instanceof z.ZodDefault) return unwrap(node.unwrap());
+  if (node instanceof z.ZodPipe) return unwrap(node.in);
+  if (node instanceof z.ZodUnion) return node.options.flatMap(unwrap);
   return [node];
 }
 

@@ -65,7 +65,7 @@ describe('shed-host-agent check', () => {
   it('keeps the README\'s sheds in extensions.yaml', async () => {
     const c = capture();
     expect(await checkCommand(copyExample(path.join(REPO_ROOT, 'config-examples', 'extensions.yaml')), c.io)).to.equal(0);
-    expect(c.out()).to.match(/^my-service: aws arn:aws:iam::123456789012:role\/dev; ssh auto, every key; docker ghcr\.io; approval none; socket .*my-service\.sock$/m);
+    expect(c.out()).to.match(/^my-service: aws arn:aws:iam::123456789012:role\/dev; ssh auto, every key; docker ghcr\.io; approval none; socket .*my-service\/bus\.sock$/m);
     expect(c.out()).to.match(/^integration-tests: aws arn:aws:iam::123456789012:role\/staging-readonly; ssh disabled;/m);
   });
 
@@ -105,8 +105,8 @@ describe('shed-host-agent policy list and show', () => {
     expect(policyListCommand(file, c.io)).to.equal(0);
     const lines = c.out().trim().split('\n');
     expect(lines[0]).to.match(/^SHED +ROLE +SSH +REGISTRIES +APPROVAL +SOCKET$/);
-    expect(lines[1]).to.match(/^payments +arn:aws:iam::123456789012:role\/payments-dev +agent-forward, 1 key, 1 allowed host +disabled +command per-request \(ssh, aws\) +\/.*\/payments\.sock$/);
-    expect(lines[2]).to.match(/^web-frontend +arn:aws:iam::123456789012:role\/web-dev +agent-forward, every key +ghcr\.io,\*\.dkr\.ecr\.us-east-1\.amazonaws\.com +none +\/.*\/web-frontend\.sock$/);
+    expect(lines[1]).to.match(/^payments +arn:aws:iam::123456789012:role\/payments-dev +agent-forward, 1 key, 1 allowed host +disabled +command per-request \(ssh, aws\) +\/.*\/payments\/bus\.sock$/);
+    expect(lines[2]).to.match(/^web-frontend +arn:aws:iam::123456789012:role\/web-dev +agent-forward, every key +ghcr\.io,\*\.dkr\.ecr\.us-east-1\.amazonaws\.com +none +\/.*\/web-frontend\/bus\.sock$/);
     expect(lines[3]).to.match(/^"\*" +disabled +agent-forward, every key +disabled +none +shed-server only$/);
   });
 
@@ -129,6 +129,81 @@ describe('shed-host-agent policy list and show', () => {
     expect(policyShowCommand(closed, 'stranger', c.io)).to.equal(1);
     expect(c.err()).to.match(/shed stranger is not admitted .* SHED_NOT_ALLOWED; add it under sheds: \(or a sheds\.d\/stranger\.yaml\)/);
     expect(policyShowCommand(closed, 'Bad_Name', capture().io)).to.equal(2);
+  });
+});
+
+describe('shed-host-agent with servers (real CLI processes)', () => {
+  let file: string;
+  before(() => {
+    file = copyExample(path.join(REPO_ROOT, 'config-examples', 'multi-server.yaml'));
+  });
+
+  it('takes the config as --config FILE, --config=FILE, -config FILE and -config=FILE', async () => {
+    for (const spelling of [['--config', file], [`--config=${file}`], ['-config', file], [`-config=${file}`]]) {
+      const [cmd, args] = binCommand('shed-host-agent', ['check', ...spelling]);
+      const res = await run(cmd, args);
+      expect(res.code, `${spelling.join(' ')}: ${res.stderr}`).to.equal(0);
+      expect(res.stdout).to.include(`${file}: ok, 1 named shed and "*"`);
+    }
+    // Before the command too, as Go's flag package wants it, and for audit.
+    const [cmd, args] = binCommand('shed-host-agent', ['-config', file, 'policy', 'show', 'web', '-server', 'mini2']);
+    const res = await run(cmd, args);
+    expect(res.code, res.stderr).to.equal(0);
+    expect(res.stdout).to.match(/^# shed web of server mini2: its own entry; layers, most specific first: servers\.mini2\.sheds\.web, servers\.mini2\.defaults, sheds\.web, defaults$/m);
+    expect(res.stdout).to.match(/^ {2}role: arn:aws:iam::123456789012:role\/mini2-dev +# servers\.mini2\.defaults \(multi-server\.yaml:47\)$/m);
+    expect(res.stdout).to.match(/^ {2}registries: \[ ghcr\.io, us-central1-docker\.pkg\.dev \] +# servers\.mini2\.sheds\.web \(multi-server\.yaml:51\)$/m);
+    const missing = path.join(tempDir('shed-cx'), 'none.yaml');
+    const audit = binCommand('shed-host-agent', ['audit', `-config=${missing}`]);
+    const read = await run(audit[0], audit[1]);
+    expect(read.code).to.equal(1);
+    expect(read.stderr).to.include(`cannot read the policy to find the audit log: ${missing}`);
+  });
+
+  it('check lists each server\'s sheds and says which servers it connects to; --json gives every effective policy', async () => {
+    const c = capture();
+    expect(await checkCommand(file, c.io)).to.equal(0);
+    expect(c.out()).to.match(/: ok, 1 named shed and "\*"; shed-server https:\/\/mini\.local:8443 and shed-server mini2 https:\/\/mini2\.local:8443 and the servers of .*\.shed\/config\.yaml \(all\)$/m);
+    expect(c.out()).to.match(/^web of server mini2: aws arn:aws:iam::123456789012:role\/mini2-dev; ssh agent-forward, every key; docker ghcr\.io,us-central1-docker\.pkg\.dev; approval none$/m);
+    expect(c.out()).to.match(/^"\*" of server mini2: aws arn:aws:iam::123456789012:role\/mini2-dev; ssh disabled;/m);
+    const [cmd, args] = binCommand('shed-host-agent', ['check', '--json', '--config', file]);
+    const res = await run(cmd, args);
+    expect(res.code, res.stderr).to.equal(0);
+    const report = JSON.parse(res.stdout) as { servers: Array<{ name: string; token?: { kind: string } }>; server_sheds: Record<string, Record<string, { aws: { role?: string } }>>; discovery: { servers: string } };
+    expect(report.servers.map((s) => [s.name, s.token?.kind])).to.deep.equal([['default', 'bootstrap'], ['mini2', 'command']]);
+    expect(report.server_sheds.mini2!.web!.aws.role).to.equal('arn:aws:iam::123456789012:role/mini2-dev');
+    expect(report.server_sheds.mini3!['*']).to.have.nested.property('approval.gate', 'command');
+    expect(report.discovery.servers).to.equal('all');
+  });
+
+  it('explain --server decides with that server\'s layers', async () => {
+    const [cmd, args] = binCommand('shed-host-agent', ['explain', 'stranger', 'ssh-agent', 'list', '--server', 'mini2', '--config', file]);
+    const res = await run(cmd, args);
+    expect(res.code).to.equal(1);
+    expect(res.stdout).to.match(/^shed stranger of server mini2: ssh-agent list$/m);
+    expect(res.stdout).to.match(/denied +shed: ssh\.enabled is false/);
+    const [cmd2, args2] = binCommand('shed-host-agent', ['explain', 'stranger', 'ssh-agent', 'list', '--config', file]);
+    expect((await run(cmd2, args2)).code).to.equal(0);
+  });
+});
+
+describe('aws.mode in policy show, explain and check', () => {
+  it('shows the mode with its origin and explains what passthrough serves', async () => {
+    const file = path.join(tempDir('shed-cx'), 'extensions.yaml');
+    fs.writeFileSync(file, 'version: 1\nsheds:\n  sso-app:\n    aws: { mode: passthrough, source_profile: sso }\n  web:\n    aws: { role: arn:aws:iam::123456789012:role/web }\n', { mode: 0o600 });
+    const show = capture();
+    expect(policyShowCommand(file, 'sso-app', show.io)).to.equal(0);
+    expect(show.out()).to.match(/^ {2}mode: passthrough +# sheds\.sso-app \(extensions\.yaml:4\)$/m);
+    const web = capture();
+    expect(policyShowCommand(file, 'web', web.io)).to.equal(0);
+    expect(web.out()).to.match(/^ {2}mode: assume-role +# built-in$/m);
+    const [cmd, args] = binCommand('shed-host-agent', ['explain', 'sso-app', 'aws-credentials', 'get_credentials', '--config', file]);
+    const res = await run(cmd, args);
+    expect(res.code, res.stderr).to.equal(0);
+    expect(res.stdout).to.match(/^ {2}allowed {2}mode: aws\.mode is passthrough: the session credentials of source profile sso, read afresh for each request/m);
+    expect(res.stdout).to.match(/then: the session credentials of source profile sso are read afresh, nothing cached \(.*LONG_LIVED_CREDENTIALS when it holds long-lived keys/);
+    const check = capture();
+    expect(await checkCommand(file, check.io)).to.equal(0);
+    expect(check.out()).to.match(/^sso-app: aws passthrough:sso;/m);
   });
 });
 

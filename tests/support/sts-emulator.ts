@@ -78,6 +78,23 @@ export class StsEmulator {
     return this.calls.filter((c) => c.action === 'AssumeRole' && c.ok).length;
   }
 
+  /**
+   * Accept calls signed with session credentials this STS did not issue, as
+   * AWS accepts an SSO or SAML session: the test hands it the secret and
+   * token it wrote into a profile, and GetCallerIdentity answers `arn`.
+   */
+  knowSession(session: { accessKeyId: string; secretAccessKey: string; sessionToken: string; expiration: Date; arn: string }): void {
+    const [, , , , , resource] = session.arn.split(':');
+    const parts = resource!.split('/');
+    this.sessions.set(session.accessKeyId, {
+      ...session,
+      roleArn: `arn:aws:iam::${session.arn.split(':')[4]}:role/${parts[1]}`,
+      sessionName: parts[2] ?? 'session',
+      assumedRoleArn: session.arn,
+      params: {},
+    });
+  }
+
   /** Answer the next AssumeRole calls with this error. */
   failAssumeRole(failure: StsFailure | undefined): void {
     this.failure = failure;

@@ -5,15 +5,18 @@
  * reported with STS's code and does not stick, and no secret leaks.
  */
 import { expect } from 'chai';
+import fs from 'node:fs';
+import path from 'node:path';
 import { createAwsHandler } from '../../host-broker/aws/handler.js';
 import { awsPolicyHash, roleDecision, roleSessionName } from '../../host-broker/aws/rules.js';
 import { BrokerError, type ApprovalSubject, type RequestContext } from '../../host-broker/handler.js';
 import { BUILTIN_DEFAULTS, type EffectiveAws } from '../../host-broker/policy/effective.js';
 import { policyFromDocument } from '../../host-broker/policy/policy.js';
 import { memoryLogger } from '../../protocol/log.js';
+import { tempDir } from '../support/procs.js';
 import { LEAKED, ROLE_DEV, ROLE_OTHER, ROLE_STAGING, SOURCE, startAwsHost, type AwsHostFixture } from '../support/aws-fixtures.js';
 
-const baseAws = (over: Partial<EffectiveAws> = {}): EffectiveAws => ({ ...(BUILTIN_DEFAULTS.aws as unknown as EffectiveAws), policy_arns: [], tags: {}, ...over });
+const baseAws = (over: Partial<EffectiveAws> = {}): EffectiveAws => ({ ...BUILTIN_DEFAULTS.aws, policy_arns: [], tags: {}, ...over });
 
 describe('aws-credentials rules', () => {
   it('roleDecision: a role serves, no role is ROLE_NOT_FOUND naming the fix, disabled and bad durations refuse', () => {
@@ -236,5 +239,58 @@ describe('aws-credentials handler', () => {
     await get(ctx({ role: ROLE_DEV }));
     const secrets = [SOURCE.secretAccessKey, ...host.sts.issued.flatMap((i) => [i.secretAccessKey, i.sessionToken])];
     for (const line of log.lines) for (const s of secrets) expect(line).to.not.contain(s);
+  });
+});
+
+describe('aws-credentials passthrough (the source profile\'s own session)', () => {
+  const log = memoryLogger('shed-host-agent');
+  const SESSION = { id: 'ASIAPASSTHROUGH00001', secret: 'passthroughSecret/NotInAnyLog0123456789', token: 'IQoJpassthroughSessionToken0123456789' };
+  let dir: string;
+  let credentialsFile: string;
+  const clock = Date.parse('2026-06-01T12:00:00Z');
+
+  beforeEach(() => {
+    dir = tempDir('aws-pt');
+    credentialsFile = path.join(dir, 'credentials');
+  });
+
+  const handle = async (profile: string, extraSection = ''): Promise<{ answer?: Record<string, unknown>; detail?: string; err?: BrokerError }> => {
+    fs.writeFileSync(credentialsFile, `[${profile}]\naws_access_key_id = ${SESSION.id}\naws_secret_access_key = ${SESSION.secret}\naws_session_token = ${SESSION.token}\n${extraSection}`, { mode: 0o600 });
+    const handler = createAwsHandler({ log, configFile: path.join(dir, 'config'), credentialsFile, now: () => clock });
+    const shed = policyFromDocument({ version: 1, sheds: { alpha: { aws: { mode: 'passthrough', source_profile: profile, role: ROLE_DEV } } } }).resolve('alpha')!;
+    const c: RequestContext = {
+      shed: 'alpha', requestId: '0192b3a4-7c1e-7d2a-9f00-2b5c1e0a9d12', namespace: 'aws-credentials', operation: 'get_credentials',
+      policy: shed, log, signal: new AbortController().signal, approval: 'none', approve: async () => undefined,
+    };
+    try {
+      return await handler.handle('get_credentials', {}, c).then((a) => ({ answer: a, detail: c.detail }), (err: BrokerError) => ({ err }));
+    } finally {
+      await handler.close?.();
+    }
+  };
+
+  it('gives the expiry written beside the session (x_security_token_expires, aws_session_expiration), the role unused', async () => {
+    const r = await handle('sso', 'x_security_token_expires = 2026-06-01T13:30:00Z\n');
+    expect(r).to.deep.include({ answer: { access_key_id: SESSION.id, secret_access_key: SESSION.secret, session_token: SESSION.token, expiration: '2026-06-01T13:30:00Z' } });
+    expect((await handle('saml', 'aws_session_expiration = 2026-06-01T12:45:00+00:00\n')).answer?.expiration).to.equal('2026-06-01T12:45:00Z');
+  });
+
+  it('without a written expiry, gives a short one so the guest asks again soon, and says so in the audit detail', async () => {
+    const r = await handle('pasted');
+    expect(r.answer?.expiration).to.equal('2026-06-01T12:20:00Z');
+    expect(r.detail).to.equal('passthrough pasted until 2026-06-01T12:20:00Z (expiry unknown: a short one given)');
+  });
+
+  it('refuses a session that has ended, saying how to refresh it, with no secret in the message', async () => {
+    const { err } = await handle('old', 'x_security_token_expires = 2026-06-01T11:00:00Z\n');
+    expect(err?.code).to.equal('SOURCE_CREDENTIALS_FAILED');
+    expect(err?.message).to.equal('the session credentials of AWS profile old on the host ended at 2026-06-01T11:00:00.000Z: refresh them on the host (aws sso login --profile old, or the tool that wrote them), then retry');
+    for (const line of [...log.lines, err!.message]) for (const s of Object.values(SESSION)) expect(line).not.to.contain(s);
+  });
+
+  it('roleDecision and explain say passthrough; the policy hash changes with the mode', () => {
+    const d = roleDecision(baseAws({ mode: 'passthrough', source_profile: 'sso' }));
+    expect(d).to.deep.equal({ allowed: true, rule: 'aws.mode is passthrough: the session credentials of source profile sso, read afresh for each request (aws.role is not used; long-lived keys are refused)' });
+    expect(awsPolicyHash(baseAws({ role: ROLE_DEV }))).to.not.equal(awsPolicyHash(baseAws({ role: ROLE_DEV, mode: 'passthrough' })));
   });
 });
