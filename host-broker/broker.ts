@@ -19,12 +19,13 @@ import { Dispatcher, type Admission, type Approver } from './dispatch.js';
 import type { NamespaceHandler } from './handler.js';
 import { Limits } from './limits/limits.js';
 import { createHandlers } from './namespaces.js';
-import { expandHome } from './policy/effective.js';
-import type { Policy } from './policy/policy.js';
+import type { Policy, ServerSettings } from './policy/policy.js';
 import { DEFAULT_CONNECTIONS_PER_SHED, DirectSockets } from './transports/direct-sockets.js';
-import type { ServerConnection } from './transports/server-config.js';
+import type { ServerConnection, TokenSourceSpec } from './transports/server-config.js';
+import { DiscoveryWatcher } from './transports/discovery.js';
+import { ServerSet } from './transports/server-set.js';
 import { ShedServerTransport, type ShedServerTimings } from './transports/shed-server.js';
-import { envelopeOf, type Reply, type Transport } from './transports/transport.js';
+import { envelopeOf, type Reply, type RequestSink, type Transport } from './transports/transport.js';
 import { FairTurns } from './turns.js';
 import { stateDirOf } from './status/server.js';
 import { DEFAULT_SERVER, shedKey, VIA_DIRECT, type ShedOrigin } from './origin.js';
@@ -56,10 +57,13 @@ export interface BrokerOptions {
 
 /** A shed-server the broker subscribes to, as `status` names it. */
 export interface ServerEntry {
-  /** `default` for the top-level `server:`. */
+  /** `default` for the top-level `server:`; else its name under `servers:` or in shed's config.yaml. */
   name: string;
   url: string;
-  transport: Transport;
+  /** Per namespace: `connecting`, `connected`, `reconnecting: <reason>` or `stopped`. */
+  state(): Record<string, string>;
+  /** Why it is not served, when it could not start. */
+  problem?: string;
 }
 
 /** The outcome of the last reload (status). */
@@ -87,6 +91,11 @@ export class Broker {
   private loadedAt: string | undefined;
   private lastReloadOutcome: ReloadOutcome | undefined;
   private readonly serverEntries: ServerEntry[] = [];
+  /** The servers under `servers:` and those discovery finds, each its own namespace of sheds. */
+  private serverSet: ServerSet | undefined;
+  private discovery: DiscoveryWatcher | undefined;
+  /** The discovery spec the watcher runs with (JSON), to see a reload change it. */
+  private discoveryKey: string | undefined;
   private dispatcher: Dispatcher | undefined;
   private direct: DirectSockets | undefined;
   private transports: Transport[] = [];
@@ -129,9 +138,10 @@ export class Broker {
     return this.phaseNow;
   }
 
-  /** The shed-servers subscribed to (their transports' state() is each namespace's connection). */
+  /** The shed-servers subscribed to: the top-level one, then the named ones by name. */
   get servers(): readonly ServerEntry[] {
-    return this.serverEntries;
+    const named = (this.serverSet?.entries() ?? []).map((e) => ({ name: e.name, url: e.url, state: () => e.state, ...(e.problem !== undefined && { problem: e.problem }) }));
+    return [...this.serverEntries, ...named];
   }
 
   get auditHealth(): AuditHealth {
@@ -211,21 +221,52 @@ export class Broker {
       });
       transports.push(this.direct);
     }
-    const server = policy.server;
-    if (server) {
+    // The top-level `server:` starts with the broker, all or nothing; the
+    // named servers (servers:, discovery) come and go with the policy and
+    // shed's config.yaml, and one that cannot start is reported, not fatal.
+    const top = policy.servers().find((s) => s.name === DEFAULT_SERVER);
+    if (top) {
       const transport = new ShedServerTransport({
-        server: defaultServerConnection(server),
+        server: top,
         defaultNamespaces: this.dispatcher.namespaces,
         log,
         timings: this.options.shedServerTimings,
       });
       transports.push(transport);
-      this.serverEntries.push({ name: 'default', url: server.url, transport });
+      this.serverEntries.push({ name: DEFAULT_SERVER, url: top.url, state: () => transport.state() });
     }
-    if (transports.length === 0) {
+    if (transports.length === 0 && policy.serverScopes().length === 0 && !policy.discovery()) {
       throw new Error('the policy enables no transport: add a `server:` section or leave `direct:` enabled');
     }
-    const dispatcher = this.dispatcher;
+    for (const transport of transports) {
+      // Kept before it starts, so a start that fails half-way is stopped too.
+      this.transports.push(transport);
+      await transport.start(this.sinkFor(transport === this.direct ? VIA_DIRECT : DEFAULT_SERVER));
+      if (this.stopRequested) throw new Error('stopped while starting');
+      log.info(`listening: ${transport.description}`);
+    }
+    this.serverSet = new ServerSet({
+      log,
+      sinkFor: (connection) => this.sinkFor(connection.name, connection.policyScope ?? connection.name),
+      defaultNamespaces: this.dispatcher.namespaces,
+      timings: this.options.shedServerTimings,
+    });
+    this.followDiscovery(policy);
+    await this.updateServers(policy);
+    if (this.stopRequested) throw new Error('stopped while starting');
+    if (policy.hasWildcard()) {
+      log.info('the "*" entry admits unnamed sheds over shed-server; it has no direct socket');
+    }
+  }
+
+  /**
+   * The sink of one transport: every request it yields comes from `via`
+   * (`direct`, `default`, or a named server, whose sheds are keyed
+   * `<shed>@<server>`), and is dispatched in its shed's turn.
+   */
+  private sinkFor(via: string, server?: string): RequestSink {
+    const { log } = this.options;
+    const dispatcher = this.dispatcher!;
     const turns = this.turns;
     const answer = (shed: string, reply: Reply, work: Promise<Payload | undefined>) => {
       work.then(
@@ -233,28 +274,57 @@ export class Broker {
         (err: Error) => log.error(`dispatch failed for shed ${shed}: ${err.name}`),
       ).catch((err: Error) => log.warn(`could not answer shed ${shed}: ${err.message}`));
     };
-    for (const transport of transports) {
-      // Kept before it starts, so a start that fails half-way is stopped too.
-      this.transports.push(transport);
-      const via = transport === this.direct ? VIA_DIRECT : DEFAULT_SERVER;
-      await transport.start((request, name, reply, options) => {
-        const origin: ShedOrigin = { name, via };
-        const shed = shedKey(origin);
-        // Each shed in its own turns (turns.ts): a burst of one delays the others by a few requests at most.
-        const queued = turns.run(shed, () => {
-          const envelope = envelopeOf(request);
-          if (envelope) answer(shed, reply, dispatcher.dispatch(envelope, origin, options));
-        });
-        if (queued) return;
+    return (request, name, reply, options) => {
+      const origin: ShedOrigin = { name, via, ...(server !== undefined && { server }) };
+      const shed = shedKey(origin);
+      // Each shed in its own turns (turns.ts): a burst of one delays the others by a few requests at most.
+      const queued = turns.run(shed, () => {
         const envelope = envelopeOf(request);
-        if (envelope) answer(shed, reply, dispatcher.overloaded(envelope, origin, options));
+        if (envelope) answer(shed, reply, dispatcher.dispatch(envelope, origin, options));
       });
-      if (this.stopRequested) throw new Error('stopped while starting');
-      log.info(`listening: ${transport.description}`);
+      if (queued) return;
+      const envelope = envelopeOf(request);
+      if (envelope) answer(shed, reply, dispatcher.overloaded(envelope, origin, options));
+    };
+  }
+
+  /** Start, restart or stop the discovery watcher as the policy's `discovery:` says. */
+  private followDiscovery(policy: Policy): void {
+    const spec = policy.discovery();
+    const key = spec && JSON.stringify(spec);
+    if (key === this.discoveryKey) return;
+    this.discovery?.stop();
+    this.discovery = undefined;
+    this.discoveryKey = key;
+    if (!spec) return;
+    this.discovery = new DiscoveryWatcher({
+      spec,
+      log: this.options.log,
+      onChange: () => {
+        if (!this.stopRequested) void this.updateServers(this.policy);
+      },
+    });
+    this.discovery.start();
+    this.options.log.info(`following the servers of ${spec.source} (${spec.servers === 'all' ? 'all of them' : spec.servers.join(', ')})`);
+  }
+
+  /**
+   * Serve the named servers: each `servers.<name>` with a url, then each one
+   * discovery finds that the policy does not connect to itself, with what
+   * `servers.<name>` sets for it laid over what discovery found.
+   */
+  private async updateServers(policy: Policy): Promise<void> {
+    const explicit = policy.servers().filter((s) => s.name !== DEFAULT_SERVER);
+    const taken = new Set(explicit.map((s) => s.name));
+    const found: ServerConnection[] = [];
+    for (const s of this.discovery?.servers ?? []) {
+      if (s.name === DEFAULT_SERVER) {
+        this.options.log.warn(`${policy.discovery()?.source ?? 'shed\'s config.yaml'} names a server "${DEFAULT_SERVER}", the name the top-level server: goes by; skipping it (rename it there)`);
+        continue;
+      }
+      if (!taken.has(s.name)) found.push(overlay(s, policy.serverSettings(s.name)));
     }
-    if (policy.hasWildcard()) {
-      log.info('the "*" entry admits unnamed sheds over shed-server; it has no direct socket');
-    }
+    await this.serverSet?.update([...explicit, ...found]);
   }
 
   /**
@@ -279,6 +349,9 @@ export class Broker {
     for (const section of transportChanges(previous, next)) {
       this.options.log.warn(`policy reload: ${section} changed, but transports are set up at start; restart shed-host-agent to apply it (the running ones keep their settings)`);
     }
+    // Named servers and discovery follow the policy at once.
+    this.followDiscovery(next);
+    await this.updateServers(next);
     this.auditLog?.configure(next.audit.dir, { maxBytes: next.audit.maxBytes, keep: next.audit.keep });
     await this.direct?.setSheds(next.namedSheds());
     this.options.log.info(`policy reloaded from ${next.files.join(', ')}: ${next.namedSheds().length} named sheds${next.hasWildcard() ? ' and "*"' : ''}`);
@@ -298,6 +371,8 @@ export class Broker {
     this.phaseNow = 'stopping';
     this.turns.clear();
     this.approvals?.close();
+    this.discovery?.stop();
+    await this.serverSet?.stop();
     for (const t of this.transports.splice(0)) await t.stop();
     await this.dispatcher?.close();
     this.answered?.close();
@@ -305,17 +380,33 @@ export class Broker {
   }
 }
 
-/** The top-level `server:` section as the shed transport takes it. */
-function defaultServerConnection(server: NonNullable<Policy['server']>): ServerConnection {
-  return {
-    name: 'default',
-    url: server.url,
-    tlsPin: server.tls_pin,
-    clientCert: server.client_cert && expandHome(server.client_cert),
-    clientKey: server.client_key && expandHome(server.client_key),
-    namespaces: server.namespaces,
-    token: server.token_file ? { kind: 'file', path: expandHome(server.token_file) } : undefined,
-  };
+/**
+ * A discovered server with what the policy's `servers.<name>` sets for it
+ * laid over: its pin, client certificate, namespaces, url, and token source
+ * (a partial `bootstrap` completes the one discovery made).
+ */
+export function overlay(found: ServerConnection, settings: ServerSettings | undefined): ServerConnection {
+  if (!settings) return found;
+  const out: ServerConnection = { ...found, policyScope: settings.policyScope };
+  if (settings.url !== undefined) out.url = settings.url;
+  if (settings.tlsPin !== undefined) out.tlsPin = settings.tlsPin;
+  if (settings.clientCert !== undefined) out.clientCert = settings.clientCert;
+  if (settings.clientKey !== undefined) out.clientKey = settings.clientKey;
+  if (settings.namespaces !== undefined) out.namespaces = settings.namespaces;
+  const token = settings.token;
+  if (token?.kind === 'bootstrap') {
+    const base = found.token?.kind === 'bootstrap' ? found.token : undefined;
+    const merged = { ...base, ...Object.fromEntries(Object.entries(token).filter(([, v]) => v !== undefined)) };
+    if (isBootstrap(merged)) out.token = merged;
+  } else if (token) {
+    out.token = token;
+  }
+  return out;
+}
+
+function isBootstrap(t: Partial<Extract<TokenSourceSpec, { kind: 'bootstrap' }>>): t is Extract<TokenSourceSpec, { kind: 'bootstrap' }> {
+  return t.kind === 'bootstrap' && typeof t.host === 'string' && typeof t.port === 'number' && typeof t.user === 'string'
+    && typeof t.identityFile === 'string' && typeof t.knownHosts === 'string' && typeof t.clientName === 'string';
 }
 
 /** The transport sections (`server:`, `direct:`) that differ between two policies. */

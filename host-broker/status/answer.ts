@@ -38,6 +38,8 @@ const Server = z.object({
   url: z.string(),
   /** Namespace → `connected`, `connecting`, `reconnecting: <reason>` or `stopped`. */
   namespaces: z.record(z.string(), z.string()),
+  /** Why the server is not served (it could not start; fixed by editing its settings). */
+  problem: z.optional(z.string()),
 });
 
 const DirectShed = z.object({

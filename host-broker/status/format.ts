@@ -57,7 +57,7 @@ export function formatStatus(a: StatusAnswer, now = Date.now()): string {
   out.push('');
   if (a.servers.length === 0) out.push('servers: none (direct sockets only)');
   for (const server of a.servers) {
-    out.push(`server ${esc(server.name, 64)}  ${esc(server.url)}`);
+    out.push(`server ${esc(server.name, 64)}  ${esc(server.url)}${server.problem !== undefined ? `  not served: ${esc(server.problem)}` : ''}`);
     const rows = Object.entries(server.namespaces).map(([ns, state]) => [esc(ns, 64), esc(state)]);
     out.push(...(rows.length ? aligned(rows, '  ') : ['  no namespaces subscribed']));
   }

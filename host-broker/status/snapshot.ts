@@ -57,7 +57,12 @@ export function statusAnswer(broker: Broker, meta: StatusMeta): StatusAnswer {
         },
       } : {}),
     },
-    servers: broker.servers.map((s) => ({ name: s.name, url: s.url, namespaces: escapeValues(s.transport.state()) })),
+    servers: broker.servers.map((s) => ({
+      name: s.name,
+      url: s.url,
+      namespaces: escapeValues(s.state()),
+      ...(s.problem !== undefined && { problem: printable(s.problem, 512) }),
+    })),
     direct: {
       // The running transport's directory (an edit of it applies at the next start); the policy's while it starts.
       enabled: direct !== undefined || (policy?.direct.enabled ?? false),

@@ -78,6 +78,15 @@ export class ServerSet {
     return out;
   }
 
+  /** Each server served or refused, in name order, with its URL and state (for status). */
+  entries(): Array<{ name: string; url: string; state: Record<string, string>; problem?: string }> {
+    const states = this.state();
+    return [...this.running.keys()].sort().map((name) => {
+      const r = this.running.get(name)!;
+      return { name, url: r.connection.url, state: states[name] ?? {}, ...(r.problem !== undefined && { problem: r.problem }) };
+    });
+  }
+
   /** Why a server is not served, when it is not (for status). */
   problem(name: string): string | undefined {
     return this.running.get(name)?.problem;
