@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AGENT_WAIT_LIMIT_MS, SHED_NAME_RE } from '../../protocol/envelope.js';
-import { fileKind, NotRegularFile, readRegularFile } from '../../protocol/files.js';
+import { fileKind, NotRegularFile, readRegularFile, soleMemberGroup } from '../../protocol/files.js';
 import { expandHome, resolveShed, type EffectiveShed } from './effective.js';
 import { dirForLogPath, isLegacy, legacyNotice, translateLegacy } from './legacy.js';
 import { DEFAULT_SERVER_NAME, formatDuration, PolicyDocument, ShedSections } from './schema.js';
@@ -488,7 +488,11 @@ function readPolicyText(file: string, issues: PolicyIssue[], what: string): stri
 /** Why a policy file or directory is unsafe to trust, with the command that fixes it. */
 function looseness(file: string, st: fs.Stats): string | undefined {
   const kind = st.isDirectory() ? 'directory' : 'file';
-  if (st.mode & 0o022) {
+  // Group-writable is fine when the group is the owner's alone (a user private
+  // group, as a umask of 002 makes): OpenSSH's rule for its config files.
+  const groupOnly = (st.mode & 0o022) === 0o020;
+  const uidNow = process.getuid?.();
+  if (st.mode & 0o022 && !(groupOnly && uidNow !== undefined && st.uid === uidNow && soleMemberGroup(st.gid, uidNow))) {
     const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
     return `the policy ${kind} is writable by ${st.mode & 0o020 ? (st.mode & 0o002 ? 'group and others' : 'group') : 'others'} (mode ${mode}), `
       + `so another user could grant sheds your credentials; it is refused until you run: chmod go-w ${shellQuote(file)}`;

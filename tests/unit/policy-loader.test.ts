@@ -1,3 +1,4 @@
+import { soleMemberGroup } from '../../protocol/files.js';
 import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -196,9 +197,17 @@ describe('policy: the sheds.d directory', () => {
   });
 });
 
+/** Give `file` a group other users share (nogroup: the primary group of nobody, sync, _apt), which needs root; false when not root. */
+function shareGroup(...files: string[]): boolean {
+  if (process.getuid?.() !== 0) return false;
+  for (const f of files) fs.chownSync(f, 0, 65534);
+  return true;
+}
+
 describe('policy: file permissions', () => {
-  it('refuses a policy file writable by group or others with the chmod to run', () => {
+  it('refuses a policy file writable by group or others with the chmod to run', function () {
     const file = policyDir({ 'extensions.yaml': 'version: 1\n' });
+    if (!shareGroup(file)) this.skip(); // needs root to give the file a shared group
     fs.chmodSync(file, 0o664);
     expect(problemsOf(file)).to.deep.equal([
       `${file}: the policy file is writable by group (mode 0664), so another user could grant sheds your credentials; it is refused until you run: chmod go-w ${file}`,
@@ -209,21 +218,35 @@ describe('policy: file permissions', () => {
     expect(() => loadPolicyFile(file)).not.to.throw();
   });
 
+  it('accepts a file and directory writable by the owner\'s private group (umask 002), as OpenSSH does', function () {
+    const file = policyDir({ 'extensions.yaml': 'version: 1\n' });
+    const dir = path.dirname(file);
+    const uid = process.getuid!();
+    if (!soleMemberGroup(fs.statSync(file).gid, uid)) this.skip(); // this user's group is shared here
+    fs.chmodSync(file, 0o664);
+    fs.chmodSync(dir, 0o775);
+    expect(() => loadPolicyFile(file)).not.to.throw();
+    // Others' write bit is never accepted.
+    fs.chmodSync(file, 0o666);
+    expect(problemsOf(file)[0]).to.include('writable by group and others (mode 0666)');
+  });
+
   it('refuses a loose sheds.d directory or file in it', () => {
     const file = policyDir({ 'extensions.yaml': 'version: 1\n', 'sheds.d/alpha.yaml': '{}\n' });
     const dir = path.join(path.dirname(file), 'sheds.d');
     fs.chmodSync(dir, 0o777);
     expect(problemsOf(file).join('\n')).to.include(`${dir}: the policy directory is writable by group and others (mode 0777), so another user could grant sheds your credentials; it is refused until you run: chmod go-w ${dir}`);
     fs.chmodSync(dir, 0o700);
-    fs.chmodSync(path.join(dir, 'alpha.yaml'), 0o660);
+    fs.chmodSync(path.join(dir, 'alpha.yaml'), 0o662);
     expect(problemsOf(file).join('\n')).to.include(`chmod go-w ${path.join(dir, 'alpha.yaml')}`);
   });
 });
 
 describe('policy: files that are not what they seem', () => {
-  it('refuses a policy directory writable by group or others: whoever can write it can replace the file', () => {
+  it('refuses a policy directory writable by group or others: whoever can write it can replace the file', function () {
     const file = policyDir({ 'extensions.yaml': 'version: 1\n' });
     const dir = path.dirname(file);
+    if (!shareGroup(dir)) this.skip(); // needs root to give the directory a shared group
     fs.chmodSync(dir, 0o770);
     expect(problemsOf(file)).to.deep.equal([
       `${dir}: the policy directory is writable by group (mode 0770), so another user could grant sheds your credentials; it is refused until you run: chmod go-w ${dir}`,
