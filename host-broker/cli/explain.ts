@@ -6,6 +6,7 @@
  * calls (shedDecision, the namespaces' rules, the approval gate's `gated`).
  */
 import { CommonCode, DockerCode, SshCode } from '../../protocol/codes.js';
+import { isNamespace, OPERATIONS } from '../../protocol/envelope.js';
 import { gated } from '../approval/approvals.js';
 import { roleDecision } from '../aws/rules.js';
 import { normalizeRegistry, registryDecision } from '../docker/rules.js';
@@ -75,7 +76,11 @@ export function explain(policy: Policy, req: ExplainRequest, served: Served): Ex
     step('operation', { allowed: true, rule: 'ping is answered by the broker itself' });
     return finish();
   }
-  const unknown = () => step('operation', { allowed: false, code: CommonCode.UNKNOWN_OPERATION, rule: `${req.namespace} has no operation ${JSON.stringify(op.slice(0, 64))}` });
+  const unknown = () => step('operation', {
+    allowed: false,
+    code: CommonCode.UNKNOWN_OPERATION,
+    rule: `${req.namespace} has no operation ${JSON.stringify(op.slice(0, 64))}; its operations: ${isNamespace(req.namespace) ? [...OPERATIONS[req.namespace], 'ping'].join(', ') : 'none'}`,
+  });
   const approval = (namespace: 'ssh-agent' | 'aws-credentials', subject: string) => {
     if (gated(e.approval, namespace)) then.push(`the ${describeGate(e.approval)} must approve ${subject}; a refusal or timeout (${formatDuration(e.approval.timeout)}) is APPROVAL_DENIED`);
   };

@@ -50,6 +50,7 @@ Options:
   --state-dir DIR where \`run\` keeps its status socket and the memory of
                   answered requests, and where \`status\` asks (default
                   ${DEFAULT_STATE_DIR}); one daemon per directory
+  -V, --version   print the version
   -h, --help      this text
 `;
 
@@ -63,6 +64,7 @@ const OPTIONS = {
   'signing-namespace': { type: 'string' },
   json: { type: 'boolean' },
   'state-dir': { type: 'string' },
+  version: { type: 'boolean', short: 'V' },
 } as const;
 
 /** Set by `run`: exit once it returns, whatever handle a peer may still hold open. */
@@ -80,6 +82,10 @@ export async function main(rawArgv: string[]): Promise<number> {
     return 2;
   }
   const { values, positionals } = parsed;
+  if (values.version) {
+    process.stdout.write(`shed-host-agent ${VERSION}\n`);
+    return 0;
+  }
   const command = positionals[0] ?? 'run';
   if (values.help || command === 'help') {
     process.stdout.write(USAGE);
@@ -118,6 +124,15 @@ export async function main(rawArgv: string[]): Promise<number> {
       process.stderr.write(`shed-host-agent: unknown command ${JSON.stringify(command)}\n${USAGE}`);
       return 2;
   }
+}
+
+// A reader that stops early (`policy list | head -1`) closes the pipe: that is
+// the end of the output, not an error.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
 }
 
 main(process.argv.slice(2)).then(
