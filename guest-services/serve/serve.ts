@@ -35,7 +35,7 @@ export interface Serving {
   close(): Promise<void>;
 }
 
-/** Start both services; if one cannot start, the other is stopped again and the error thrown. */
+/** Start both services; one that cannot start is logged and the other serves; when neither can, the error is thrown. */
 export async function startServe(options: ServeOptions): Promise<Serving> {
   const { log } = options;
   const serving: Serving = {
@@ -59,15 +59,16 @@ export async function startServe(options: ServeOptions): Promise<Serving> {
     }
     if (options.aws) {
       const aws = options.aws;
-      const token = readOrMakeToken(aws.tokenFile, log.serve);
-      starts.push(startAwsEndpoint({ host: aws.host, port: aws.port, publishUrl: options.publishUrl, authToken: token, statusDir: aws.statusDir, log: log.aws })
+      starts.push(Promise.resolve().then(() => readOrMakeToken(aws.tokenFile, log.serve)).then((token) =>
+        startAwsEndpoint({ host: aws.host, port: aws.port, publishUrl: options.publishUrl, authToken: token, statusDir: aws.statusDir, log: log.aws }))
         .then((e) => {
           serving.endpoint = e;
         }));
     }
-    const results = await Promise.allSettled(starts);
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    const failures = (await Promise.allSettled(starts)).filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => r.reason as Error);
+    // As two units would: one that cannot start does not take the other down, but nothing served is an error.
+    if (failures.length === starts.length) throw failures.length === 1 ? failures[0] : new Error(failures.map((e) => e.message).join('; '));
+    for (const err of failures) log.serve.error(`${err.message}; serving the rest`);
     return serving;
   } catch (err) {
     await serving.close();
