@@ -376,7 +376,8 @@ export function ensureUser(root: string, planned: UserInfo): UserResult {
   if (hasSystemd(root)) {
     const sysusers = findProgram('systemd-sysusers');
     if (sysusers) {
-      const r = spawnSync(sysusers, [...(isRoot ? [] : [`--root=${root}`]), SYSUSERS_FILE], { encoding: 'utf8', timeout: 30_000 });
+      // With --root, a file named on the command line is read as it is given: the root's copy.
+      const r = spawnSync(sysusers, isRoot ? [SYSUSERS_FILE] : [`--root=${root}`, path.join(root, SYSUSERS_FILE)], { encoding: 'utf8', timeout: 30_000 });
       if (r.status === 0 && lookupUser(root, planned.name)) return created(root, planned, 'systemd-sysusers');
       attempts.push(`systemd-sysusers: ${(r.stderr || r.error?.message || `exit ${r.status}`).trim()}`);
     }

@@ -267,6 +267,8 @@ describe('guest packaging', function () {
           'ProtectSystem=strict', 'ProtectHome=yes', 'PrivateTmp=yes', 'UMask=0077']) {
           expect(text, `${name}: ${line}`).to.match(new RegExp(`^${line.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
         }
+        // Journal lines under the program's name, not the launcher's node or env.
+        expect(text, name).to.match(new RegExp(`^SyslogIdentifier=${name.replace('.service', '')}$`, 'm'));
       }
       for (const name of ['shed-ext-ssh-agent.service', 'shed-ext-aws-credentials.service']) {
         expect(unit(name)).to.match(/^Restart=always$/m).and.match(/^After=shed-agent\.service/m).and.match(/^Wants=shed-agent\.service$/m)
