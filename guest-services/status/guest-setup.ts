@@ -206,8 +206,9 @@ export function writeSshdEnv(options: { user: string; tokenFile?: string; envFil
   const tokenFile = options.tokenFile ?? TOKEN_FILE;
   let token: string;
   try {
-    token = fs.readFileSync(tokenFile, 'latin1');
+    token = readTokenAsRoot(tokenFile);
   } catch (err) {
+    if (err instanceof SetupError) throw err;
     throw new SetupError(`cannot read the AWS endpoint token ${tokenFile} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); shed-ext-aws-token.service creates it`);
   }
   if (!TOKEN_RE.test(token)) throw new SetupError(`${tokenFile} does not hold a token; restart shed-ext-aws-token.service to make a new one`);
@@ -228,6 +229,23 @@ export function writeSshdEnv(options: { user: string; tokenFile?: string; envFil
   }
   fs.renameSync(tmp, out);
   return { written: true, path: out };
+}
+
+/**
+ * The token file, read as root from a directory the guest user owns: not
+ * through a link (the user could point it at any file root may read), only a
+ * regular file, and only a token's worth of bytes.
+ */
+function readTokenAsRoot(file: string): string {
+  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) throw new SetupError(`${file} is not a regular file; restart shed-ext-aws-token.service to make a new token`);
+    const buf = Buffer.alloc(512);
+    return buf.toString('latin1', 0, fs.readSync(fd, buf, 0, buf.length, 0));
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** `u` line of sysusers.d(5): the user, its uid (and a group of the same id), its home and shell. */

@@ -140,6 +140,12 @@ describe('guest setup', () => {
         .to.throw('does not hold a token');
       expect(() => writeSshdEnv({ user: 'shed', tokenFile: path.join(dir, 'none'), dropIn: path.join(dir, 'drop'), out: path.join(dir, 'o') }))
         .to.throw('cannot read the AWS endpoint token');
+      // Not through a link the guest user could point anywhere root may read.
+      fs.writeFileSync(path.join(dir, 'real'), 'Tok_abcdefghijklmnopqrstuvwxyz0123456789ABCD');
+      fs.symlinkSync(path.join(dir, 'real'), path.join(dir, 'link'));
+      expect(() => writeSshdEnv({ user: 'shed', tokenFile: path.join(dir, 'link'), dropIn: path.join(dir, 'drop'), out: path.join(dir, 'o') }))
+        .to.throw(/cannot read the AWS endpoint token .*ELOOP/);
+      expect(fs.existsSync(path.join(dir, 'o'))).to.equal(false);
     });
   });
 
