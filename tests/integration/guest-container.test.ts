@@ -220,6 +220,8 @@ esac
         // Mount namespaces, as a VM has: the units' PrivateTmp/ProtectHome/ProtectSystem take effect.
         '--cap-add', 'SYS_ADMIN',
         '-e', `AWS_PORT=${await freePort()}`, '-e', `GUEST_SSH_PORT=${sshPort}`, ...mounts(),
+        // The same directory where PrivateTmp= and ProtectHome= hide it, for the drop-ins that bind it back.
+        '-v', `${path.join(hostDir, 'socks', SHED)}:/tmp/shed-bus`, '-v', `${path.join(hostDir, 'socks', SHED)}:/home/shed-bus`,
       ], ['/bin/sh', '/opt/shed-setup/setup.sh', 'systemd']);
       const state = await systemState(guest);
       const failed = await guest.exec(['systemctl', '--failed', '--no-legend', '--plain']);
@@ -252,6 +254,38 @@ esac
       expect(r.stdout).to.include('serving SSH agent on /run/shed-extensions/ssh-agent.sock').and.include('serving AWS credentials at')
         .and.include('created AWS endpoint token').and.include('wrote sshd\'s environment for shed');
       expect(r.stdout).to.include('root 600\nshed 600\n');
+    });
+
+    it('a mount under /tmp or /home reaches the hardened units through the drop-in install-guest writes for it, and not without', async () => {
+      // The agent unit as installed, under another name and socket, with the drop-in `install-guest --publish-url` makes for that path.
+      const probe = (where: string, bind: boolean) => [
+        `n=shed-ext-probe-${where}${bind ? '' : '-nobind'}`,
+        `node /opt/shed-guest/shed-ext.mjs install-guest --root /tmp/probe-$n --publish-url unix:/${where}/shed-bus/bus.sock >/dev/null`,
+        `sed -e "s#/run/shed-extensions/ssh-agent.sock#/run/$n/agent.sock#" -e "s#^RuntimeDirectory=.*#RuntimeDirectory=$n#" /usr/local/lib/systemd/system/shed-ext-ssh-agent.service > /etc/systemd/system/$n.service`,
+        'mkdir -p /etc/systemd/system/$n.service.d',
+        `grep -v ${bind ? "'^$'" : "-e BindReadOnlyPaths -e ProtectHome"} /tmp/probe-$n/etc/systemd/system/shed-ext-ssh-agent.service.d/50-shed-publish-url.conf > /etc/systemd/system/$n.service.d/50.conf`,
+      ].join('\n');
+      const setup = await guest.exec(['sh', '-euc', [probe('tmp', true), probe('home', true), probe('tmp', false), probe('home', false),
+        'systemctl daemon-reload', 'systemctl start shed-ext-probe-tmp shed-ext-probe-home shed-ext-probe-tmp-nobind shed-ext-probe-home-nobind',
+        'cat /etc/systemd/system/shed-ext-probe-home.service.d/50.conf'].join('\n')]);
+      expect(setup.code, setup.stderr).to.equal(0);
+      expect(setup.stdout).to.include('ProtectHome=tmpfs\nBindReadOnlyPaths=-/home/shed-bus\n');
+      for (const name of ['tmp', 'home', 'tmp-nobind', 'home-nobind']) {
+        const sock = `/run/shed-ext-probe-${name}/agent.sock`;
+        await waitFor(async () => (await guest.exec(['test', '-S', sock])).code === 0, 30_000, `the ${name} probe agent`);
+        const list = await guest.exec(['ssh-add', '-l'], { user: 'shed', env: { SSH_AUTH_SOCK: sock } });
+        if (name.endsWith('nobind')) {
+          // Hidden by the hardening: the agent cannot reach the broker, so it has nothing to list, and says why.
+          expect(list.code, `${name}: ${list.stdout}`).not.to.equal(0);
+          const status = await guest.exec(['cat', `/run/shed-ext-probe-${name}/ssh-agent.status`]);
+          // PrivateTmp's /tmp has no such path; ProtectHome=yes leaves /home unreadable.
+          expect(status.stdout, name).to.match(name.startsWith('tmp') ? /^not connected: cannot reach the broker socket \/tmp\/shed-bus\/bus\.sock \(ENOENT\)/
+            : /^not connected: no permission to connect to \/home\/shed-bus\/bus\.sock/);
+        } else {
+          expect(list.code, `${name}: ${list.stderr}`).to.equal(0);
+          expect(list.stdout).to.include(hostKey.fingerprint);
+        }
+      }
     });
 
     for (const login of [true, false]) {
