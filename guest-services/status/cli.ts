@@ -2,6 +2,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { VERSION } from '../../protocol/version.js';
 import { DEFAULT_PUBLISH_URL, parsePublishUrl, publishUrlFromEnv } from '../bus-client.js';
+import { GUEST_ENV_FILE } from '../guest-env.js';
 import { DEFAULT_AWS_PORT, RECOMMENDED_MOUNT, SetupError, writeSshdEnv } from './guest-setup.js';
 import { DEFAULT_SERVICE_USER, formatInstall, installGuest, InstallError } from './install.js';
 import { formatReport, runStatus, STATUS_DEADLINE_MS } from './status.js';
@@ -45,9 +46,10 @@ Commands:
         print the version
 
 Environment:
-  SHED_PUBLISH_URL  publish URL when --publish-url is not given
-                    (default ${DEFAULT_PUBLISH_URL}; unix:/path/to.sock for a
-                    shed-host-agent direct socket)
+  SHED_PUBLISH_URL  publish URL when --publish-url is not given; else the
+                    one in ${GUEST_ENV_FILE} (install-guest --publish-url
+                    writes it), else ${DEFAULT_PUBLISH_URL} (shed-agent);
+                    unix:/path/to.sock for a shed-host-agent direct socket
 `;
 
 export interface CliIO {
