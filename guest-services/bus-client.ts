@@ -4,12 +4,16 @@
  * (`unix:/abs/path.sock`), with a deadline, and every failure mapped to a
  * BusError that says what happened and what to do.
  *
- * Imports are kept to node:net (http1.ts) and the envelope schemas: the
+ * Imports are kept to node:net (http1.ts), node:fs (guest.env, and the
+ * owner of a socket it may not open) and the envelope schemas: the
  * docker helper starts a process per registry operation and pays for every
  * module loaded.
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import { ApiErrorBody, Envelope, isErrorPayload, type Payload } from '../protocol/envelope.js';
 import { compiledOnceHot } from '../protocol/compiled.js';
+import { GUEST_ENV_FILE, readGuestEnv } from './guest-env.js';
 import { Http1Connection, Http1ProtocolError, postRequest, type Http1Response } from './http1.js';
 
 const envelopeSchema = compiledOnceHot(Envelope);
@@ -17,9 +21,13 @@ const envelopeSchema = compiledOnceHot(Envelope);
 export const DEFAULT_PUBLISH_URL = 'http://127.0.0.1:498/v1/publish';
 export const DEFAULT_DEADLINE_MS = 3000;
 
-/** Where every guest program publishes unless told otherwise: `$SHED_PUBLISH_URL`, else shed-agent. */
-export function publishUrlFromEnv(env: NodeJS.ProcessEnv = process.env): string {
-  return env.SHED_PUBLISH_URL || DEFAULT_PUBLISH_URL;
+/**
+ * Where every guest program publishes unless told otherwise:
+ * `$SHED_PUBLISH_URL`, else the one `install-guest --publish-url` wrote in
+ * /etc/shed-extensions/guest.env, else shed-agent.
+ */
+export function publishUrlFromEnv(env: NodeJS.ProcessEnv = process.env, guestEnvFile: string = GUEST_ENV_FILE): string {
+  return env.SHED_PUBLISH_URL || readGuestEnv(guestEnvFile).SHED_PUBLISH_URL || DEFAULT_PUBLISH_URL;
 }
 export const HOST_AGENT_START_HINT = 'start it on the host with `shed-host-agent run --config ~/.config/shed/extensions.yaml`';
 
@@ -270,11 +278,16 @@ export class BusClient {
         return new BusError('unreachable', 'UNREACHABLE', `cannot reach the broker socket ${t.socketPath} (${code})`,
           'check that shed-host-agent is running with this shed in its policy and that its socket is mounted here');
       }
-      if (code === 'EACCES') {
-        return new BusError('unreachable', 'UNREACHABLE', `no permission to connect to ${t.socketPath}`,
-          'the broker socket is mode 0600: run as the user that owns it, or mount it for this user');
+      if (code === 'EACCES' || code === 'EPERM') {
+        const { why, hint } = socketAccessProblem(t.socketPath);
+        return new BusError('unreachable', 'UNREACHABLE', `no permission to connect to ${t.socketPath}${why ? `: ${why}` : ''}`, hint);
       }
     } else if (code === 'ECONNREFUSED') {
+      if (t.url === DEFAULT_PUBLISH_URL) {
+        return new BusError('unreachable', 'UNREACHABLE', `nothing listens on ${t.host}:${t.port}, shed-agent's address, and no other publish URL is configured here`,
+          'in a shed VM start shed-agent (`systemctl start shed-agent`); a guest that reaches the broker through a mounted direct socket needs '
+          + `SHED_PUBLISH_URL=unix:/mount/point/bus.sock (\`shed-ext install-guest --publish-url\` writes it to ${GUEST_ENV_FILE}) or --publish-url`);
+      }
       return new BusError('unreachable', 'UNREACHABLE', `nothing listens on ${t.host}:${t.port} (shed-agent is not running)`,
         'start shed-agent in this VM (`systemctl start shed-agent`) or pass --publish-url');
     }
@@ -284,6 +297,37 @@ export class BusClient {
     }
     return new BusError('unreachable', 'UNREACHABLE', `cannot reach ${t.url}: ${err.message}`, 'check --publish-url and that shed-agent is running');
   }
+}
+
+/**
+ * Why this process may not open the broker socket: the socket is 0600 in a
+ * 0700 directory, both owned by the uid shed-host-agent runs as on the host
+ * (a mount keeps the uid), so only that uid (or root) gets in.
+ */
+export function socketAccessProblem(socketPath: string): { why: string; hint: string } {
+  const uid = process.getuid?.();
+  const fallback = {
+    why: '',
+    hint: 'the broker socket and its directory open only for the uid shed-host-agent runs as on the host: run the guest programs as that uid',
+  };
+  if (uid === undefined) return fallback;
+  // The socket itself, or its directory when that is what we may not enter.
+  for (const target of [socketPath, path.dirname(socketPath)]) {
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(target);
+    } catch {
+      continue;
+    }
+    if (st.uid === uid) continue;
+    const what = target === socketPath ? 'it' : `its directory ${target}`;
+    return {
+      why: `${what} belongs to uid ${st.uid} (mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}) and this process runs as uid ${uid}`,
+      hint: `the guest user's uid must be the broker's: run the guest programs as uid ${st.uid} (a new image: \`shed-ext install-guest --uid ${st.uid}\`; `
+        + `an existing user: \`usermod -u ${st.uid} <user>\`), or run shed-host-agent on the host as uid ${uid}`,
+    };
+  }
+  return fallback;
 }
 
 const MISMATCH_HINT = 'the peer at the publish URL does not speak shed\'s bus protocol; check --publish-url and the shed-agent version';

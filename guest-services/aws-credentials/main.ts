@@ -9,6 +9,7 @@ import { createLogger } from '../../protocol/log.js';
 import { untilStopSignal } from '../../protocol/signals.js';
 import { VERSION } from '../../protocol/version.js';
 import { DEFAULT_PUBLISH_URL, publishUrlFromEnv } from '../bus-client.js';
+import { GUEST_ENV_FILE } from '../guest-env.js';
 import { parseToken } from './app.js';
 import { isLoopbackHost, startAwsEndpoint } from './server.js';
 
@@ -25,7 +26,8 @@ Options:
   --host HOST              listen address (default 127.0.0.1; loopback only)
   --port PORT              listen port (default 499)
   --publish-url URL        shed-agent publish URL, or unix:/path/to/broker.sock
-                           (default $SHED_PUBLISH_URL, else ${DEFAULT_PUBLISH_URL})
+                           (default $SHED_PUBLISH_URL, else the one in
+                           ${GUEST_ENV_FILE}, else ${DEFAULT_PUBLISH_URL})
   --auth-token-file FILE   require this token in every request's Authorization
                            header; default: the file in
                            AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE, else the value of

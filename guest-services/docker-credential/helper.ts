@@ -18,6 +18,7 @@
  */
 import fs from 'node:fs';
 import { BusClient, BusError, DEFAULT_PUBLISH_URL, publishUrlFromEnv } from '../bus-client.js';
+import { GUEST_ENV_FILE } from '../guest-env.js';
 import { CREDENTIALS_NOT_FOUND_TEXT, DockerGetResponse, DockerListResponse } from '../../protocol/docker-credentials.js';
 import { VERSION } from '../../protocol/version.js';
 
@@ -47,8 +48,9 @@ for skopeo/podman/buildah as credential-helpers = ["shed"] in
 ~/.config/containers/registries.conf.
 
 Environment:
-  SHED_PUBLISH_URL  publish URL of the bus (default ${DEFAULT_PUBLISH_URL});
-                    unix:/path/to.sock for a shed-host-agent direct socket
+  SHED_PUBLISH_URL  publish URL of the bus (else the one in ${GUEST_ENV_FILE},
+                    else ${DEFAULT_PUBLISH_URL}); unix:/path/to.sock for a
+                    shed-host-agent direct socket
 `;
 
 export interface HelperIO {

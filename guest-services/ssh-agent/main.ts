@@ -5,6 +5,7 @@ import { createLogger } from '../../protocol/log.js';
 import { untilStopSignal } from '../../protocol/signals.js';
 import { VERSION } from '../../protocol/version.js';
 import { DEFAULT_PUBLISH_URL, parsePublishUrl, publishUrlFromEnv } from '../bus-client.js';
+import { GUEST_ENV_FILE } from '../guest-env.js';
 import { DEFAULT_SOCK, startSshAgent } from './agent.js';
 
 const USAGE = `Usage: shed-ext-ssh-agent [--sock PATH] [--publish-url URL]
@@ -18,7 +19,8 @@ Options:
   --sock PATH          the agent socket, mode 0600 (default ${DEFAULT_SOCK});
                        ssh-agent.status beside it says whether the host answers
   --publish-url URL    shed-agent's publish endpoint, or unix:/path for a
-                       broker socket (default $SHED_PUBLISH_URL, else
+                       broker socket (default $SHED_PUBLISH_URL, else the
+                       one in ${GUEST_ENV_FILE}, else
                        ${DEFAULT_PUBLISH_URL})
   -h, --help           this text
 `;

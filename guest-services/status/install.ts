@@ -14,6 +14,11 @@
  *   /etc/skel/.docker/config.json                  {"credsStore": "shed"} for new users
  *   /etc/containers/registries.conf.d/50-shed-extensions.conf   credential-helpers = ["shed"]
  *
+ * and the steps of guest-setup.ts: the user (sysusers.d, created now), the
+ * uid check against a visible broker socket, /etc/shed-extensions/guest.env,
+ * the sshd drop-in, the container entrypoint, and with --publish-url the
+ * units' drop-ins.
+ *
  * Idempotent: a second run over the same root changes nothing (same bytes,
  * same modes, files not rewritten, so same mtimes). Never follows a symlink
  * at a destination; never removes a directory.
@@ -22,6 +27,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { VERSION } from '../../protocol/version.js';
+import {
+  checkPublishUrl, DEFAULT_AWS_PORT, ensureUser, inspectSocket, mountNotice, planUser, renderGuestFile, setupEntries, SetupError,
+  socketOpensFor, socketRefusal, type GuestSettings, type SetupEntry, type UserResult,
+} from './guest-setup.js';
 
 /** The guest binaries, by the name they are installed under. */
 export const GUEST_BINARIES = ['shed-ext-ssh-agent', 'shed-ext-aws-credentials', 'docker-credential-shed', 'shed-ext'] as const;
@@ -63,19 +72,29 @@ export interface InstallOptions {
   from?: string;
   /** The user the guest units run as (default `shed`). */
   user?: string;
+  /** The uid of that user when it is created (default: the broker socket's owner when visible, else 1000). */
+  uid?: number;
+  /** Where the guest programs publish: `unix:/mount/point/bus.sock` for a direct socket. */
+  publishUrl?: string;
+  /** The AWS endpoint's port (default 499). */
+  awsPort?: number;
 }
 
-export type Action = 'created' | 'updated' | 'unchanged';
+export type Action = 'created' | 'updated' | 'unchanged' | 'removed';
 
 export interface InstallResult {
   root: string;
   from: string;
   entries: Array<{ path: string; action: Action }>;
+  /** The user the units run as, and what was done about it. */
+  user?: UserResult;
+  /** Things the user should know (not errors). */
+  notes: string[];
 }
 
 type Entry =
-  | { kind: 'file'; dest: string; mode: number; content: Buffer }
-  | { kind: 'symlink'; dest: string; target: string };
+  | { kind: 'symlink'; dest: string; target: string }
+  | SetupEntry;
 
 export class InstallError extends Error {
   override readonly name = 'InstallError';
@@ -96,8 +115,10 @@ function hasBundles(dir: string): boolean {
 
 /**
  * Where the bundles are: beside this module when it runs bundled
- * (build/guest, or an installed /usr/local/lib/shed-extensions), else the
- * repository's build/guest when it runs from source.
+ * (build/guest, an unpacked guest tarball, or an installed
+ * /usr/local/lib/shed-extensions), else the build/guest of the
+ * shed-extensions package this module belongs to, whether it runs from
+ * source (guest-services/status) or from the package's bin (dist/…).
  */
 export function findBundleDir(explicit?: string): string {
   if (explicit) {
@@ -109,12 +130,28 @@ export function findBundleDir(explicit?: string): string {
     return dir;
   }
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const candidates = [here, path.resolve(here, '..', '..', 'build', 'guest')];
+  const pkg = packageRoot(here);
+  const candidates = [here, ...(pkg ? [path.join(pkg, 'build', 'guest')] : [])];
   const found = candidates.find(hasBundles);
   if (!found) {
-    throw new InstallError(`no guest bundles found (looked in ${candidates.join(' and ')}): run \`npm run bundle\` in the shed-extensions checkout first, or pass --from DIR`);
+    throw new InstallError(`no guest bundles found (looked in ${candidates.join(' and ')}): `
+      + `run \`npm run bundle\` in ${pkg ?? 'the shed-extensions checkout'} first, or pass --from DIR`);
   }
   return found;
+}
+
+/** The nearest directory at or above `dir` whose package.json is shed-extensions'. */
+export function packageRoot(dir: string): string | undefined {
+  for (let d = dir, i = 0; i < 8; i++, d = path.dirname(d)) {
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.join(d, 'package.json'), 'utf8')) as { name?: unknown };
+      if (pkg.name === 'shed-extensions') return d;
+    } catch {
+      // none here, or not JSON
+    }
+    if (path.dirname(d) === d) break;
+  }
+  return undefined;
 }
 
 export function launcher(bin: GuestBinary): string {
@@ -126,13 +163,9 @@ exec node ${bundle} "$@"
 `;
 }
 
-/** The units with `User=shed` replaced by the chosen user. */
-function withUser(text: string, user: string): string {
-  return text.replace(/^User=shed$/gm, `User=${user}`);
-}
-
 /** Everything install-guest writes, in order, computed before anything is touched. */
-export function plan(from: string, user: string): Entry[] {
+export function plan(from: string, user: string | GuestSettings): Entry[] {
+  const settings: GuestSettings = typeof user === 'string' ? { user, awsPort: DEFAULT_AWS_PORT } : user;
   const entries: Entry[] = [];
   for (const bin of GUEST_BINARIES) {
     entries.push({ kind: 'file', dest: `${LIB_DIR}/${bundleFile(bin)}`, mode: 0o644, content: fs.readFileSync(path.join(from, bundleFile(bin))) });
@@ -140,7 +173,8 @@ export function plan(from: string, user: string): Entry[] {
   for (const file of GUEST_FILES) {
     const raw = fs.readFileSync(path.join(from, GUEST_FILES_DIR, file.src));
     entries.push({ kind: 'file', dest: `${LIB_DIR}/${GUEST_FILES_DIR}/${file.src}`, mode: 0o644, content: raw });
-    const content = file.unit ? Buffer.from(withUser(raw.toString('utf8'), user)) : raw;
+    const rendered = renderGuestFile(file.src, raw.toString('utf8'), settings);
+    const content = rendered === raw.toString('utf8') ? raw : Buffer.from(rendered);
     entries.push({ kind: 'file', dest: file.dest, mode: 0o644, content });
   }
   for (const bin of GUEST_BINARIES) {
@@ -155,18 +189,86 @@ export function plan(from: string, user: string): Entry[] {
 export function installGuest(options: InstallOptions): InstallResult {
   const user = options.user ?? DEFAULT_SERVICE_USER;
   if (!USER_RE.test(user)) throw new InstallError(`--user ${JSON.stringify(user)} is not a valid user name`);
+  const awsPort = options.awsPort ?? DEFAULT_AWS_PORT;
+  if (!Number.isInteger(awsPort) || awsPort < 1 || awsPort > 65535) throw new InstallError(`--aws-port must be a port number (1-65535), not ${JSON.stringify(options.awsPort)}`);
+  if (options.uid !== undefined && (!Number.isInteger(options.uid) || options.uid < 1 || options.uid > 0x7fffffff)) {
+    throw new InstallError(`--uid must be a user id above 0, not ${JSON.stringify(options.uid)}`);
+  }
+  const settings: GuestSettings = { user, awsPort, publishUrl: options.publishUrl };
   const from = findBundleDir(options.from);
   const root = path.resolve(options.root);
-  const entries = plan(from, user);
+  const notes: string[] = [];
+  let planned;
+  try {
+    if (options.publishUrl !== undefined) checkPublishUrl(options.publishUrl);
+    // The uid check comes before anything is written: a guest user the broker's socket shuts out is no install.
+    const socket = inspectSocket(root, options.publishUrl);
+    planned = planUser(root, user, options.uid, socket?.uid);
+    if (socket && !socketOpensFor(socket, planned.uid, planned.gid)) throw new SetupError(socketRefusal(socket, planned));
+  } catch (err) {
+    if (err instanceof SetupError) throw new InstallError(err.message);
+    throw err;
+  }
+  const notice = mountNotice(options.publishUrl);
+  if (notice) notes.push(notice);
   ensureDir(root, root);
-  const result: InstallResult = { root, from, entries: [] };
-  for (const entry of entries) {
-    const dest = path.join(root, entry.dest);
-    ensureDir(path.dirname(dest), root);
-    const action = entry.kind === 'file' ? writeFile(dest, entry.content, entry.mode) : writeSymlink(dest, entry.target);
-    result.entries.push({ path: entry.dest, action });
+  const result: InstallResult = { root, from, entries: [], notes };
+  // The sysusers.d entry first: creating the user reads it.
+  const isSysusers = (e: Entry) => e.kind === 'file' && e.dest.includes('/sysusers.d/');
+  const record = (entry: Entry) => {
+    const done = carryOut(entry, root);
+    // Nothing to remove is nothing to report.
+    if (!(entry.kind === 'absent' && done.action === 'unchanged')) result.entries.push(done);
+  };
+  for (const entry of setupEntries(settings, planned, root).filter(isSysusers)) record(entry);
+  try {
+    result.user = ensureUser(root, planned);
+  } catch (err) {
+    if (err instanceof SetupError) throw new InstallError(err.message);
+    throw err;
+  }
+  if (result.user.note) notes.push(result.user.note);
+  // With the user known, the rest (the runtime directory is the user's).
+  const known = result.user.action === 'skipped' || result.user.action === 'at-boot' ? undefined : result.user.user;
+  for (const entry of [...plan(from, settings), ...setupEntries(settings, known ?? planned, root).filter((e) => !isSysusers(e) && (known || e.kind !== 'dir'))]) {
+    record(entry);
   }
   return result;
+}
+
+function carryOut(entry: Entry, root: string): { path: string; action: Action } {
+  const dest = path.join(root, entry.dest);
+  if (entry.kind === 'absent') return { path: entry.dest, action: removeOurs(dest, entry.marker) };
+  ensureDir(path.dirname(dest), root);
+  switch (entry.kind) {
+    case 'file':
+      return { path: entry.dest, action: writeFile(dest, entry.content, entry.mode) };
+    case 'symlink':
+      return { path: entry.dest, action: writeSymlink(dest, entry.target) };
+    case 'dir':
+      return { path: entry.dest, action: ownedDir(dest, entry.mode, entry.uid, entry.gid) };
+  }
+}
+
+/** Remove a file an earlier run wrote (it starts with `marker`); anything else is left alone. */
+function removeOurs(dest: string, marker: string): Action {
+  const stat = lstat(dest);
+  if (!stat?.isFile()) return 'unchanged';
+  if (!fs.readFileSync(dest, 'utf8').startsWith(marker)) return 'unchanged';
+  fs.rmSync(dest);
+  return 'removed';
+}
+
+/** A directory with this mode and owner (chown only when running as root; otherwise the owner is left). */
+function ownedDir(dest: string, mode: number, uid: number, gid: number): Action {
+  const stat = lstat(dest);
+  if (stat && !stat.isDirectory()) throw new InstallError(`${dest} exists and is not a directory; move it away and retry`);
+  const canChown = process.getuid?.() === 0;
+  if (stat && (stat.mode & 0o7777) === mode && (!canChown || (stat.uid === uid && stat.gid === gid))) return 'unchanged';
+  if (!stat) fs.mkdirSync(dest);
+  fs.chmodSync(dest, mode);
+  if (canChown) fs.chownSync(dest, uid, gid);
+  return stat ? 'updated' : 'created';
 }
 
 /** mkdir -p with 0755 for what is created; existing directories are left as they are. */
@@ -224,8 +326,17 @@ function writeSymlink(dest: string, target: string): Action {
 export function formatInstall(result: InstallResult): string {
   const count = (a: Action) => result.entries.filter((e) => e.action === a).length;
   const lines = result.entries.filter((e) => e.action !== 'unchanged').map((e) => `  ${e.action.padEnd(8)} ${e.path}\n`);
+  const removed = count('removed');
+  const user = result.user;
+  const userLine = !user ? ''
+    : user.action === 'exists' ? `The units run as ${user.user.name} (uid ${user.user.uid}).\n`
+      : user.action === 'created' ? `Created the user ${user.user.name} (uid ${user.user.uid}, with ${user.how}); the units run as it.\n`
+        : '';
   return `${lines.join('')}installed shed-extensions ${VERSION} into ${result.root}: `
-    + `${count('created')} created, ${count('updated')} updated, ${count('unchanged')} unchanged\n`
-    + 'The units start at boot (enabled for multi-user.target); the image needs node 20 or newer and a shed-agent.\n'
+    + `${count('created')} created, ${count('updated')} updated, ${count('unchanged')} unchanged${removed ? `, ${removed} removed` : ''}\n`
+    + userLine
+    + result.notes.map((n) => `Note: ${n}\n`).join('')
+    + 'The units start at boot (enabled for multi-user.target); the image needs node 20 or newer, and shed-agent or the shed\'s mounted directory '
+    + '(--publish-url). Without systemd: `shed-ext serve` (or /usr/local/lib/shed-extensions/entrypoint.sh before your command).\n'
     + `shed-agent enables and reports the extensions its server lists under extensions.enabled, through the manifests in ${MANIFEST_DIR}.\n`;
 }

@@ -13,7 +13,8 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
-const TOKEN_RE = /^[A-Za-z0-9_-]{32,256}$/;
+/** What a token file must hold (what `newToken` makes, and what other setups may supply). */
+export const TOKEN_RE = /^[A-Za-z0-9_-]{32,256}$/;
 
 export interface TokenResult {
   created: boolean;

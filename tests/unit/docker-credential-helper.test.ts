@@ -141,7 +141,7 @@ describe('docker-credential-shed (helper protocol)', () => {
     expect(unknown.stdout).to.equal('unknown action: frob\n');
   });
 
-  it('bundles to one file that pulls in only the bus client (and its HTTP/1.1 client) and zod/mini, and runs', async function () {
+  it('bundles to one file that pulls in only the bus client (and its HTTP/1.1 client and guest.env reader) and zod/mini, and runs', async function () {
     this.timeout(20_000);
     const { file, inputs } = await bundleDockerCredentialShed();
     const own = inputs.filter((i) => !i.startsWith('node_modules/'));
@@ -149,6 +149,7 @@ describe('docker-credential-shed (helper protocol)', () => {
       'guest-services/bus-client.ts',
       'guest-services/docker-credential/helper.ts',
       'guest-services/docker-credential/main.ts',
+      'guest-services/guest-env.ts',
       'guest-services/http1.ts',
       'protocol/compiled.ts',
       'protocol/docker-credentials.ts',
