@@ -76,9 +76,14 @@ export function statusAnswer(broker: Broker, meta: StatusMeta): StatusAnswer {
         connections: counts?.sheds[name] ?? 0,
       })),
     },
-    approvals: named.flatMap((shed) => {
-      const approval = policy!.resolve(shed)?.approval;
-      return approval ? [{ shed, gate: approval.gate, policy: approval.policy, applies_to: [...approval.applies_to] }] : [];
+    // Each named shed's gate; a named server's sheds by their key (web@mini2).
+    approvals: [
+      ...named.map((shed) => [shed, undefined] as const),
+      ...(policy?.serverScopes() ?? []).flatMap((server) => policy!.namedShedsOf(server).map((shed) => [shed, server] as const)),
+    ].flatMap(([shed, server]) => {
+      const effective = policy!.resolve(shed, server);
+      const approval = effective?.approval;
+      return approval ? [{ shed: effective.name, gate: approval.gate, policy: approval.policy, applies_to: [...approval.applies_to] }] : [];
     }),
     audit: {
       dir: auditDir,

@@ -14,6 +14,7 @@ import { parseAuditLine } from '../../host-broker/audit/audit.js';
 import { Broker } from '../../host-broker/broker.js';
 import type { NamespaceHandler } from '../../host-broker/handler.js';
 import { policyFromDocument } from '../../host-broker/policy/policy.js';
+import { statusAnswer } from '../../host-broker/status/snapshot.js';
 import { memoryLogger } from '../../protocol/log.js';
 import { FAST_TIMINGS, ShedAgentEmulator, ShedServerEmulator } from '../support/bus-emulator.js';
 import { tempDir, waitFor } from '../support/procs.js';
@@ -94,6 +95,13 @@ describe('one broker, many shed servers (discovery and servers.<name>)', functio
       ['one', { 'docker-credentials': 'connected' }],
       ['two', { 'docker-credentials': 'connected' }],
     ]);
+    // What `shed-host-agent status` reports: both servers, and the gate of each named shed, by its key.
+    const status = statusAnswer(broker, { configPath: file, startedAt: new Date().toISOString() });
+    expect(status.servers.map((s) => [s.name, s.url, s.namespaces])).to.deep.equal([
+      ['one', one.emulator.url, { 'docker-credentials': 'connected' }],
+      ['two', two.emulator.url, { 'docker-credentials': 'connected' }],
+    ]);
+    expect(status.approvals.map((a) => a.shed)).to.deep.equal(['web', 'web@two']);
 
     // One audit file per shed of each server, each line naming its server.
     await waitFor(() => fs.existsSync(path.join(auditDir, 'web@two.log')), 5000, 'the audit line of web@two');
