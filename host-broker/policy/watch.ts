@@ -5,6 +5,7 @@
  * name, and the contents are compared so a touch or an editor's swap file
  * does not reload.
  */
+import { DirWatches, type NameFilter } from '../dir-watches.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -51,7 +52,10 @@ export function policyDigest(file: string): string {
 export class PolicyWatcher {
   private readonly file: string;
   private readonly shedsDir: string;
-  private readonly watchers = new Map<string, fs.FSWatcher>();
+  private readonly watches = new DirWatches(
+    () => this.schedule(),
+    (dir, err) => this.options.log.warn(`cannot watch ${dir} for policy edits (${err.code ?? err.message}); edits are picked up on SIGHUP`),
+  );
   private timer: NodeJS.Timeout | undefined;
   private digest: string;
   private running: Promise<void> | undefined;
@@ -67,13 +71,13 @@ export class PolicyWatcher {
 
   /** The directories being watched (for logs and tests). */
   get watching(): string[] {
-    return [...this.watchers.keys()];
+    return this.watches.dirs;
   }
 
   /** (Re)create the watches: the main file's directory, sheds.d when it exists, and a symlinked file's real directory. */
   private arm(): void {
     if (this.closed) return;
-    const dirs = new Map<string, (name: string | null) => boolean>();
+    const dirs = new Map<string, NameFilter>();
     const base = path.basename(this.file);
     dirs.set(path.dirname(this.file), (name) => name === null || name === base || name === SHEDS_DIR_NAME);
     try {
@@ -83,28 +87,7 @@ export class PolicyWatcher {
       // the file is gone: the directory watch sees it come back
     }
     if (fs.existsSync(this.shedsDir)) dirs.set(this.shedsDir, (name) => name === null || /^[^.].*\.ya?ml$/.test(name));
-    for (const [dir, watcher] of this.watchers) {
-      if (!dirs.has(dir)) {
-        watcher.close();
-        this.watchers.delete(dir);
-      }
-    }
-    for (const [dir, relevant] of dirs) {
-      if (this.watchers.has(dir)) continue;
-      try {
-        const watcher = fs.watch(dir, { persistent: false }, (_event, name) => {
-          if (relevant(name === null ? null : String(name))) this.schedule();
-        });
-        watcher.on('error', (err) => {
-          this.options.log.warn(`policy watch on ${dir} failed (${(err as NodeJS.ErrnoException).code ?? err.message}); edits are picked up on SIGHUP`);
-          watcher.close();
-          this.watchers.delete(dir);
-        });
-        this.watchers.set(dir, watcher);
-      } catch (err) {
-        this.options.log.warn(`cannot watch ${dir} for policy edits (${(err as NodeJS.ErrnoException).code}); send SIGHUP after editing`);
-      }
-    }
+    this.watches.sync(dirs);
   }
 
   private schedule(): void {
@@ -137,7 +120,6 @@ export class PolicyWatcher {
   close(): void {
     this.closed = true;
     clearTimeout(this.timer);
-    for (const w of this.watchers.values()) w.close();
-    this.watchers.clear();
+    this.watches.close();
   }
 }

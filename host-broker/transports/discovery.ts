@@ -15,6 +15,7 @@
  * server) keeps the last good list, and the log says why. A missing file is
  * an empty list.
  */
+import { DirWatches, type NameFilter } from '../dir-watches.js';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -188,7 +189,8 @@ export class DiscoveryWatcher {
   private readonly file: string;
   private current: ServerConnection[] = [];
   private digest: string | undefined;
-  private readonly watchers = new Map<string, fs.FSWatcher>();
+  // A directory that does not exist (yet) is not watched: the periodic re-check arms the watch once it does.
+  private readonly watches = new DirWatches(() => this.schedule());
   private debounce: NodeJS.Timeout | undefined;
   private recheck: NodeJS.Timeout | undefined;
   private closed = false;
@@ -215,41 +217,21 @@ export class DiscoveryWatcher {
     this.closed = true;
     clearTimeout(this.debounce);
     clearInterval(this.recheck);
-    for (const w of this.watchers.values()) w.close();
-    this.watchers.clear();
+    this.watches.close();
   }
 
   /** Watch the file's directory (and a symlink target's), filtered by name. */
   private arm(): void {
     if (this.closed) return;
-    const dirs = new Map<string, string>([[path.dirname(this.file), path.basename(this.file)]]);
+    const named = (base: string): NameFilter => (name) => name === null || name === base;
+    const dirs = new Map<string, NameFilter>([[path.dirname(this.file), named(path.basename(this.file))]]);
     try {
       const real = fs.realpathSync(this.file);
-      if (real !== this.file) dirs.set(path.dirname(real), path.basename(real));
+      if (real !== this.file) dirs.set(path.dirname(real), named(path.basename(real)));
     } catch {
       // missing: the directory watch (or the re-check) sees it arrive
     }
-    for (const [dir, w] of this.watchers) {
-      if (!dirs.has(dir)) {
-        w.close();
-        this.watchers.delete(dir);
-      }
-    }
-    for (const [dir, base] of dirs) {
-      if (this.watchers.has(dir)) continue;
-      try {
-        const w = fs.watch(dir, { persistent: false }, (_event, name) => {
-          if (name === null || String(name) === base) this.schedule();
-        });
-        w.on('error', () => {
-          w.close();
-          this.watchers.delete(dir);
-        });
-        this.watchers.set(dir, w);
-      } catch {
-        // The directory does not exist (yet): the periodic re-check arms the watch once it does.
-      }
-    }
+    this.watches.sync(dirs);
   }
 
   private schedule(): void {
