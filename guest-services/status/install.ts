@@ -2,7 +2,7 @@
  * `shed-ext install-guest --root DIR`: lay the guest side into an image root
  * (for a Dockerfile `COPY`, or `--root /` inside the image build):
  *
- *   /usr/local/lib/shed-extensions/<bin>.mjs      single-file bundles (need only node; the docker helper's is .cjs)
+ *   /usr/local/lib/shed-extensions/<bin>.mjs      single-file bundles (need only node; the docker and git helpers' are .cjs)
  *   /usr/local/lib/shed-extensions/systemd/guest/ pristine copies of the files below
  *   /usr/local/bin/<bin>                           sh launchers: exec node <bundle>
  *   /usr/local/lib/systemd/system/*.service        the units, enabled through
@@ -13,6 +13,7 @@
  *   /etc/profile.d/shed-extensions.sh              the same for login shells, plus the plain token variable
  *   /etc/skel/.docker/config.json                  {"credsStore": "shed"} for new users
  *   /etc/containers/registries.conf.d/50-shed-extensions.conf   credential-helpers = ["shed"]
+ *   /etc/gitconfig                                 credential.helper=shed, credential.useHttpPath=true (the rest of the file kept)
  *
  * Idempotent: a second run over the same root changes nothing (same bytes,
  * same modes, files not rewritten, so same mtimes). Never follows a symlink
@@ -22,15 +23,18 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { VERSION } from '../../protocol/version.js';
+import { withGitCredentialSettings } from './gitconfig.js';
 
 /** The guest binaries, by the name they are installed under. */
-export const GUEST_BINARIES = ['shed-ext-ssh-agent', 'shed-ext-aws-credentials', 'docker-credential-shed', 'shed-ext'] as const;
+export const GUEST_BINARIES = ['shed-ext-ssh-agent', 'shed-ext-aws-credentials', 'docker-credential-shed', 'git-credential-shed', 'shed-ext'] as const;
 export type GuestBinary = (typeof GUEST_BINARIES)[number];
 
 export const LIB_DIR = '/usr/local/lib/shed-extensions';
 export const BIN_DIR = '/usr/local/bin';
 export const UNIT_DIR = '/usr/local/lib/systemd/system';
 export const WANTS_DIR = '/etc/systemd/system/multi-user.target.wants';
+/** The system gitconfig (`git config --system`), where git finds credential.helper=shed. */
+export const SYSTEM_GITCONFIG = '/etc/gitconfig';
 /** Where shed-agent looks for extension manifests (`<namespace>.yaml`). */
 export const MANIFEST_DIR = '/etc/shed-extensions.d';
 /** The extensions this package ships a manifest for, by namespace. */
@@ -59,7 +63,7 @@ const USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
 export interface InstallOptions {
   /** The image root. */
   root: string;
-  /** Directory with the four `<bin>.mjs` bundles and systemd/guest (default: found, see findBundleDir). */
+  /** Directory with the `<bin>.mjs`/`.cjs` bundles and systemd/guest (default: found, see findBundleDir). */
   from?: string;
   /** The user the guest units run as (default `shed`). */
   user?: string;
@@ -82,12 +86,12 @@ export class InstallError extends Error {
 }
 
 /**
- * A binary's bundle file. The docker helper's is CommonJS: Docker starts it
- * once per registry operation, and Node starts a CommonJS file ~10% faster
+ * A binary's bundle file. The docker and git helpers' are CommonJS: Docker and git start them
+ * once per operation, and Node starts a CommonJS file ~10% faster
  * than an ES module (its ESM loader's own start-up); the services are ESM.
  */
 export function bundleFile(bin: GuestBinary): string {
-  return bin === 'docker-credential-shed' ? `${bin}.cjs` : `${bin}.mjs`;
+  return bin === 'docker-credential-shed' || bin === 'git-credential-shed' ? `${bin}.cjs` : `${bin}.mjs`;
 }
 
 function hasBundles(dir: string): boolean {
@@ -166,7 +170,20 @@ export function installGuest(options: InstallOptions): InstallResult {
     const action = entry.kind === 'file' ? writeFile(dest, entry.content, entry.mode) : writeSymlink(dest, entry.target);
     result.entries.push({ path: entry.dest, action });
   }
+  // git asks git-credential-shed (on PATH through its launcher), with the repository's path.
+  const gitconfig = path.join(root, SYSTEM_GITCONFIG);
+  ensureDir(path.dirname(gitconfig), root);
+  const content = Buffer.from(withGitCredentialSettings(readExistingText(gitconfig)));
+  result.entries.push({ path: SYSTEM_GITCONFIG, action: writeFile(gitconfig, content, 0o644) });
   return result;
+}
+
+/** A regular file's text, undefined when there is none; a symlink or anything else there is refused (never followed). */
+function readExistingText(file: string): string | undefined {
+  const stat = lstat(file);
+  if (!stat) return undefined;
+  if (!stat.isFile()) throw new InstallError(`${file} is not a regular file (a symlink or another kind); replace it with a file and retry`);
+  return fs.readFileSync(file, 'utf8');
 }
 
 /** mkdir -p with 0755 for what is created; existing directories are left as they are. */

@@ -154,10 +154,10 @@ describe('guest packaging', function () {
     it('twice into the same root gives the same tree, byte for byte, same modes, nothing rewritten', async () => {
       const root = path.join(tempDir('shed-root'), 'image');
       const first = await install(root);
-      expect(first.stdout).to.match(/: 34 created, 0 updated, 0 unchanged\n/);
+      expect(first.stdout).to.match(/: 37 created, 0 updated, 0 unchanged\n/);
       const before = snapshot(root, true);
       const second = await install(root);
-      expect(second.stdout).to.match(/: 0 created, 0 updated, 34 unchanged\n/);
+      expect(second.stdout).to.match(/: 0 created, 0 updated, 37 unchanged\n/);
       expect(snapshot(root, true)).to.deep.equal(before);
 
       // A fresh root gets the very same tree, and so does the CLI run from source with --from.
@@ -203,7 +203,7 @@ describe('guest packaging', function () {
       fs.chmodSync(path.join(root, 'usr/local/bin/shed-ext'), 0o777);
       fs.rmSync(path.join(root, 'etc/systemd/system/multi-user.target.wants/shed-ext-aws-token.service'));
       const r = await install(root);
-      expect(r.stdout).to.match(/: 1 created, 2 updated, 31 unchanged\n/);
+      expect(r.stdout).to.match(/: 1 created, 2 updated, 34 unchanged\n/);
       expect(snapshot(root)).to.deep.equal(pristine);
     });
 
