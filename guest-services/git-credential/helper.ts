@@ -180,7 +180,9 @@ async function get(io: HelperIO): Promise<number> {
     io.stdout(text);
     return 0;
   } catch (err) {
-    io.stderr(`${PROGRAM}: no credentials for ${shown(url)}: ${describe(err)}\n`);
+    // The host's refusal names the repository and its reason; anything else needs the URL said.
+    const said = err instanceof BusError && err.kind === 'host' ? describe(err) : `no credentials for ${shown(url)}: ${describe(err)}`;
+    io.stderr(`${PROGRAM}: ${said}\n`);
     return 0;
   } finally {
     client.close();
@@ -189,7 +191,8 @@ async function get(io: HelperIO): Promise<number> {
 
 function describe(err: unknown): string {
   if (!(err instanceof BusError)) return shown(err instanceof Error ? err.message : String(err));
-  if (err.kind === 'host') return shown(`${err.message} (${err.code})`, 600);
+  // `the host refused git-credentials get: <its text> (<CODE>)`: the text and code are what matter here.
+  if (err.kind === 'host') return shown(err.message.replace(/^the host refused [^:]*: /, ''), 600);
   // This helper takes its URL from SHED_PUBLISH_URL, not a flag.
   const hint = err.hint.replace(/(pass|check) --publish-url/g, (_m, verb: string) => `${verb === 'pass' ? 'set' : 'check'} SHED_PUBLISH_URL`);
   return shown(hint ? `${err.message}; ${hint}` : err.message, 600);

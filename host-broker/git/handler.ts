@@ -143,7 +143,7 @@ export function createGitHandler(deps: GitHandlerDeps): NamespaceHandler {
       const message = code === GitCode.GIT_HOST_NOT_ALLOWED
         ? `no git credentials for ${url} in shed ${ctx.shed}: ${decision.rule}; change git.allowed in the host policy if it should have them`
         : `git-credentials is disabled for shed ${ctx.shed} by the host policy`;
-      throw new BrokerError(code, message, { detail: `${url}: ${decision.rule}` });
+      throw new BrokerError(code, message, { detail: `${url}: ${decision.rule} (${code})` });
     }
     if (gated(ctx.policy.approval, NS)) await ctx.approve({ subject: url, description: `git credentials for ${url}` });
     const source = sourceFor(ctx.policy.git, target);
