@@ -65,7 +65,7 @@ describe('shed-host-agent check', () => {
   it('keeps the README\'s sheds in extensions.yaml', async () => {
     const c = capture();
     expect(await checkCommand(copyExample(path.join(REPO_ROOT, 'config-examples', 'extensions.yaml')), c.io)).to.equal(0);
-    expect(c.out()).to.match(/^my-service: aws arn:aws:iam::123456789012:role\/dev; ssh auto, every key; docker ghcr\.io; approval none; socket .*my-service\/bus\.sock$/m);
+    expect(c.out()).to.match(/^my-service: aws arn:aws:iam::123456789012:role\/dev; ssh auto, every key; docker ghcr\.io; git \(none\); approval none; socket .*my-service\/bus\.sock$/m);
     expect(c.out()).to.match(/^integration-tests: aws arn:aws:iam::123456789012:role\/staging-readonly; ssh disabled;/m);
   });
 
@@ -104,7 +104,7 @@ describe('shed-host-agent policy list and show', () => {
     const c = capture();
     expect(policyListCommand(file, c.io)).to.equal(0);
     const lines = c.out().trim().split('\n');
-    expect(lines[0]).to.match(/^SHED +ROLE +SSH +REGISTRIES +APPROVAL +SOCKET$/);
+    expect(lines[0]).to.match(/^SHED +ROLE +SSH +REGISTRIES +GIT +APPROVAL +SOCKET$/);
     expect(lines[1]).to.match(/^payments +arn:aws:iam::123456789012:role\/payments-dev +agent-forward, 1 key, 1 allowed host +disabled +command per-request \(ssh, aws\) +\/.*\/payments\/bus\.sock$/);
     expect(lines[2]).to.match(/^web-frontend +arn:aws:iam::123456789012:role\/web-dev +agent-forward, every key +ghcr\.io,\*\.dkr\.ecr\.us-east-1\.amazonaws\.com +none +\/.*\/web-frontend\/bus\.sock$/);
     expect(lines[3]).to.match(/^"\*" +disabled +agent-forward, every key +disabled +none +shed-server only$/);
@@ -163,7 +163,7 @@ describe('shed-host-agent with servers (real CLI processes)', () => {
     const c = capture();
     expect(await checkCommand(file, c.io)).to.equal(0);
     expect(c.out()).to.match(/: ok, 1 named shed and "\*"; shed-server https:\/\/mini\.local:8443 and shed-server mini2 https:\/\/mini2\.local:8443 and the servers of .*\.shed\/config\.yaml \(all\)$/m);
-    expect(c.out()).to.match(/^web of server mini2: aws arn:aws:iam::123456789012:role\/mini2-dev; ssh agent-forward, every key; docker ghcr\.io,us-central1-docker\.pkg\.dev; approval none$/m);
+    expect(c.out()).to.match(/^web of server mini2: aws arn:aws:iam::123456789012:role\/mini2-dev; ssh agent-forward, every key; docker ghcr\.io,us-central1-docker\.pkg\.dev; git \(none\); approval none$/m);
     expect(c.out()).to.match(/^"\*" of server mini2: aws arn:aws:iam::123456789012:role\/mini2-dev; ssh disabled;/m);
     const [cmd, args] = binCommand('shed-host-agent', ['check', '--json', '--config', file]);
     const res = await run(cmd, args);
