@@ -137,7 +137,8 @@ export function gitDecision(git: EffectiveGit, target: GitTarget): Decision & { 
   if (!git.enabled) return { allowed: false, code: CommonCode.NAMESPACE_DISABLED, rule: 'git.enabled is false' };
   const url = describeTarget(target);
   if (target.protocol !== 'https' && target.protocol !== 'http') {
-    return { allowed: false, code: GitCode.GIT_HOST_NOT_ALLOWED, rule: `protocol ${JSON.stringify(target.protocol.slice(0, 32))} is never served: only https, and http for a host git.allowed names with http://` };
+    const ssh = target.protocol === 'ssh' ? ' (git over ssh signs through the ssh-agent namespace instead)' : '';
+    return { allowed: false, code: GitCode.GIT_HOST_NOT_ALLOWED, rule: `protocol ${JSON.stringify(target.protocol.slice(0, 32))} is never served: only https, and http for a host git.allowed names with http://${ssh}` };
   }
   if (git.allowed.length === 0) return { allowed: false, code: GitCode.GIT_HOST_NOT_ALLOWED, rule: 'git.allowed is empty' };
   const entries = git.allowed.map(parseAllowed).filter((e): e is AllowedEntry => e !== undefined);
