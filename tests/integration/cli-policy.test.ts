@@ -100,14 +100,14 @@ describe('shed-host-agent policy list and show', () => {
     file = copyExample(path.join(REPO_ROOT, 'config-examples', 'directory-form', 'extensions.yaml'));
   });
 
-  it('lists each shed with role, ssh, registries, approval and socket', () => {
+  it('lists each shed with role, ssh, registries, git, approval and socket', () => {
     const c = capture();
     expect(policyListCommand(file, c.io)).to.equal(0);
     const lines = c.out().trim().split('\n');
     expect(lines[0]).to.match(/^SHED +ROLE +SSH +REGISTRIES +GIT +APPROVAL +SOCKET$/);
-    expect(lines[1]).to.match(/^payments +arn:aws:iam::123456789012:role\/payments-dev +agent-forward, 1 key, 1 allowed host +disabled +command per-request \(ssh, aws\) +\/.*\/payments\/bus\.sock$/);
-    expect(lines[2]).to.match(/^web-frontend +arn:aws:iam::123456789012:role\/web-dev +agent-forward, every key +ghcr\.io,\*\.dkr\.ecr\.us-east-1\.amazonaws\.com +none +\/.*\/web-frontend\/bus\.sock$/);
-    expect(lines[3]).to.match(/^"\*" +disabled +agent-forward, every key +disabled +none +shed-server only$/);
+    expect(lines[1]).to.match(/^payments +arn:aws:iam::123456789012:role\/payments-dev +agent-forward, 1 key, 1 allowed host +disabled +\(none\) +command per-request \(ssh, aws\) +\/.*\/payments\/bus\.sock$/);
+    expect(lines[2]).to.match(/^web-frontend +arn:aws:iam::123456789012:role\/web-dev +agent-forward, every key +ghcr\.io,\*\.dkr\.ecr\.us-east-1\.amazonaws\.com +\(none\) +none +\/.*\/web-frontend\/bus\.sock$/);
+    expect(lines[3]).to.match(/^"\*" +disabled +agent-forward, every key +disabled +\(none\) +none +shed-server only$/);
   });
 
   it('shows the merged policy with each value\'s origin, from sheds.d too', () => {
