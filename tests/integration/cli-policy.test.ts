@@ -10,8 +10,9 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { checkCommand, policyListCommand, policyShowCommand } from '../../host-broker/cli/policy-commands.js';
-import { probeAwsProfile, probeDockerConfig, probeDockerHelper, probeLocalKeys, probeShedServer, probeSshAgent, probeWritable, runChecks } from '../../host-broker/cli/doctor.js';
+import { probeAwsProfile, probeDockerConfig, probeDockerHelper, probeGit, probeGitHelpers, probeLocalKeys, probeShedServer, probeSshAgent, probeWritable, runChecks } from '../../host-broker/cli/doctor.js';
 import { startAwsHost } from '../support/aws-fixtures.js';
+import { gitEnv } from '../support/git-http.js';
 import { binCommand, REPO_ROOT, run, spawnTracked, stopProcess, tempDir, waitFor } from '../support/procs.js';
 
 function capture() {
@@ -301,6 +302,43 @@ describe('shed-host-agent doctor', () => {
     expect(probeWritable('audit log', path.join(dir, 'logs', 'audit.log'), 'file').detail).to.match(/will be created/);
     fs.writeFileSync(path.join(dir, 'file'), '');
     expect(probeWritable('sockets dir', path.join(dir, 'file'), 'dir').status).to.equal('fail');
+  });
+
+  it('git: runs, its credential helpers (listed, never asked), each source command (found, never run), plain http off loopback', async () => {
+    const home = tempDir('shed-dr');
+    const bin = path.join(home, 'bin');
+    fs.mkdirSync(bin);
+    const tokenCommand = path.join(bin, 'print-token');
+    fs.writeFileSync(tokenCommand, `#!/bin/sh\ntouch '${path.join(home, 'ran')}'\necho tok\n`, { mode: 0o755 });
+    const env = gitEnv(home);
+    expect(await probeGit(env)).to.deep.include({ name: 'git', status: 'ok' });
+    expect((await probeGit({ ...env, PATH: bin })).status).to.equal('fail');
+    const none = await probeGitHelpers(env);
+    expect(none).to.deep.include({ status: 'warn' });
+    expect(none.fix).to.include('git config --global credential.helper');
+    await run('git', ['config', '--global', 'credential.helper', 'store'], { env });
+    await run('git', ['config', '--global', 'credential.https://git.example.com.helper', '!gh auth git-credential'], { env });
+    expect(await probeGitHelpers(env)).to.deep.include({ status: 'ok', detail: 'git credential fill asks store; https://git.example.com !gh auth git-credential' });
+
+    const file = path.join(home, 'extensions.yaml');
+    fs.writeFileSync(file, [
+      'version: 1',
+      `direct: { sockets_dir: ${path.join(home, 'socks')} }`,
+      `audit: { dir: ${path.join(home, 'audit')} }`,
+      'defaults: { ssh: { enabled: false }, aws: { enabled: false } }',
+      'sheds:',
+      '  alpha:',
+      '    git:',
+      '      allowed: [github.com/acme/*, "http://git.lan:3000", "http://127.0.0.1:3000"]',
+      `      sources: { github.com: { command: [${tokenCommand}] }, git.lan:3000: { command: [no-such-token-program] } }`,
+      '',
+    ].join('\n'), { mode: 0o600 });
+    const checks = await runChecks(file, { env: { ...env, PATH: `${bin}:/usr/bin:/bin` }, home, timeoutMs: 5000 });
+    expect(checks.map((c) => `${c.name}:${c.status}`)).to.deep.equal([
+      'policy:ok', 'git:ok', 'git credential helpers:ok', 'git source github.com:ok', 'git source git.lan:3000:fail', 'git plain http:warn', 'sockets dir:ok', 'audit log:ok', 'approval gates:ok',
+    ]);
+    expect(checks.find((c) => c.name === 'git plain http')!.detail).to.equal('git.allowed names http://git.lan:3000 over plain http: their tokens cross the network unencrypted');
+    expect(fs.existsSync(path.join(home, 'ran')), 'a source command was run').to.equal(false);
   });
 
   it('runs every check the policy calls for, one line each, and exits 1 on a failure', async () => {
