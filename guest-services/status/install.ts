@@ -163,6 +163,9 @@ export function installGuest(options: InstallOptions): InstallResult {
   const root = path.resolve(options.root);
   const entries = plan(from, user);
   ensureDir(root, root);
+  // Read (and refuse, when it is a symlink) before anything is written.
+  const gitconfig = path.join(root, SYSTEM_GITCONFIG);
+  const gitconfigText = Buffer.from(withGitCredentialSettings(readExistingText(gitconfig)));
   const result: InstallResult = { root, from, entries: [] };
   for (const entry of entries) {
     const dest = path.join(root, entry.dest);
@@ -171,10 +174,8 @@ export function installGuest(options: InstallOptions): InstallResult {
     result.entries.push({ path: entry.dest, action });
   }
   // git asks git-credential-shed (on PATH through its launcher), with the repository's path.
-  const gitconfig = path.join(root, SYSTEM_GITCONFIG);
   ensureDir(path.dirname(gitconfig), root);
-  const content = Buffer.from(withGitCredentialSettings(readExistingText(gitconfig)));
-  result.entries.push({ path: SYSTEM_GITCONFIG, action: writeFile(gitconfig, content, 0o644) });
+  result.entries.push({ path: SYSTEM_GITCONFIG, action: writeFile(gitconfig, gitconfigText, 0o644) });
   return result;
 }
 
