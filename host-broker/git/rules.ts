@@ -59,12 +59,14 @@ export function normalizeHost(host: string, protocol: string): string | undefine
 
 /**
  * A request path (`acme/app.git`) as segments, or a problem. Refused: `.`
- * and `..` segments, control characters and backslashes (no server path
- * means them, and they would make a glob cover what it should not).
+ * and `..` segments, control characters, backslashes and `%` (no server
+ * path means them, and they would make a glob cover what it should not).
  */
 export function pathSegments(path: string): { segments: string[] } | { problem: string } {
   // eslint-disable-next-line no-control-regex
   if (/[\x00-\x1f\x7f\\]/.test(path)) return { problem: 'the path holds control characters or backslashes' };
+  // git decodes the URL before it asks: a % left in the path is an encoding the policy cannot judge the same way a server would.
+  if (path.includes('%')) return { problem: 'the path holds a % (git sends it decoded; a repository path has none)' };
   const segments = path.split('/').filter((s) => s !== '');
   if (segments.some((s) => s === '.' || s === '..')) return { problem: 'the path holds . or .. segments' };
   return { segments };

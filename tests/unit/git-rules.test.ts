@@ -30,7 +30,7 @@ describe('git rules: hosts and paths', () => {
     expect(target('https', 'h', '/acme//app.git/').path).to.deep.equal(['acme', 'app.git']);
     expect(target('https', 'h', '').path).to.equal(undefined);
     expect(target('https', 'h').path).to.equal(undefined);
-    for (const bad of ['acme/../other', './x', 'a/\x1b[2J', 'a\\b', 'a/\nb']) {
+    for (const bad of ['acme/../other', './x', 'a/\x1b[2J', 'a\\b', 'a/\nb', 'acme/%2e%2e/x']) {
       expect(gitTarget({ protocol: 'https', host: 'h', path: bad }), JSON.stringify(bad)).to.have.property('problem');
     }
     expect(gitTarget({ protocol: 'https', host: 'not a host' })).to.deep.equal({ problem: '"not a host" is not a host (like github.com or git.example.com:8443)' });
