@@ -7,7 +7,8 @@ import type { MemoryAudit } from '../../host-broker/audit/audit.js';
 import { memoryLogger } from '../../protocol/log.js';
 import { VERSION } from '../../protocol/version.js';
 import { startDirectBroker, type Harness } from '../support/harness.js';
-import { tempDir } from '../support/procs.js';
+import { bundleGitCredentialShed, gitGuestBinDir } from '../support/git-http.js';
+import { run, tempDir } from '../support/procs.js';
 
 async function helper(argv: string[], options: { stdin?: string; env?: Record<string, string>; tty?: boolean } = {}) {
   let stdout = '';
@@ -117,6 +118,31 @@ describe('git-credential-shed (helper protocol, against the real git-credentials
       expect(r).to.deep.equal({ code: 0, stdout: '', stderr: '', stdinRead: true });
       expect((await helper([action], { tty: true, env })).stdinRead).to.equal(false);
     }
+  });
+
+  it('bundles to one file that pulls in only the bus client (and its HTTP/1.1 client) and zod/mini, and runs', async function () {
+    this.timeout(20_000);
+    const { file, inputs } = await bundleGitCredentialShed();
+    const own = inputs.filter((i) => !i.startsWith('node_modules/'));
+    expect(own.sort()).to.deep.equal([
+      'guest-services/bus-client.ts',
+      'guest-services/git-credential/helper.ts',
+      'guest-services/git-credential/main.ts',
+      'guest-services/http1.ts',
+      'protocol/compiled.ts',
+      'protocol/envelope.ts',
+      'protocol/git-credentials.ts',
+      'protocol/http1.ts',
+      'protocol/version.ts',
+    ]);
+    const packages = new Set(inputs.filter((i) => i.startsWith('node_modules/')).map((i) => i.split('/').slice(1, 3).join('/')));
+    expect([...packages].every((p) => p === 'zod/v4' || p === 'zod/mini'), [...packages].join(', ')).to.equal(true);
+    expect(inputs.some((i) => i.includes('zod/v4/classic'))).to.equal(false);
+    expect(fs.readFileSync(file, 'utf8')).not.to.include('ZodCompileUnsupportedError');
+    const bin = gitGuestBinDir(file);
+    const r = await run(`${bin}/git-credential-shed`, ['get'], { input: 'protocol=https\nhost=git.example.com\npath=acme/app.git\n\n', env: { PATH: '/usr/bin:/bin', ...env } });
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout).to.equal(`username=ci\npassword=${TOKEN}\n`);
   });
 
   it('an unknown or missing action: no answer, one line, exit 0; version and help', async () => {
