@@ -66,7 +66,7 @@ describe('shed-host-agent check', () => {
   it('keeps the README\'s sheds in extensions.yaml', async () => {
     const c = capture();
     expect(await checkCommand(copyExample(path.join(REPO_ROOT, 'config-examples', 'extensions.yaml')), c.io)).to.equal(0);
-    expect(c.out()).to.match(/^my-service: aws arn:aws:iam::123456789012:role\/dev; ssh auto, every key; docker ghcr\.io; git \(none\); approval none; socket .*my-service\/bus\.sock$/m);
+    expect(c.out()).to.match(/^my-service: aws arn:aws:iam::123456789012:role\/dev; ssh auto, every key; docker ghcr\.io; git github\.com\/acme\/\*,gitlab\.example\.com \(1 token command\); approval none; socket .*my-service\/bus\.sock$/m);
     expect(c.out()).to.match(/^integration-tests: aws arn:aws:iam::123456789012:role\/staging-readonly; ssh disabled;/m);
   });
 
