@@ -38,7 +38,7 @@ export const SYSTEM_GITCONFIG = '/etc/gitconfig';
 /** Where shed-agent looks for extension manifests (`<namespace>.yaml`). */
 export const MANIFEST_DIR = '/etc/shed-extensions.d';
 /** The extensions this package ships a manifest for, by namespace. */
-export const EXTENSION_NAMESPACES = ['ssh-agent', 'aws-credentials', 'docker-credentials'] as const;
+export const EXTENSION_NAMESPACES = ['ssh-agent', 'aws-credentials', 'docker-credentials', 'git-credentials'] as const;
 
 /** Folder (inside a bundle directory) holding the guest config files, as in the repo's systemd/guest. */
 export const GUEST_FILES_DIR = path.join('systemd', 'guest');
@@ -49,6 +49,7 @@ export const GUEST_FILES: ReadonlyArray<{ src: string; dest: string; unit?: bool
   { src: 'shed-ext-aws-token.service', dest: `${UNIT_DIR}/shed-ext-aws-token.service`, unit: true },
   { src: 'shed-ext-aws-credentials.service', dest: `${UNIT_DIR}/shed-ext-aws-credentials.service`, unit: true },
   { src: 'shed-ext-docker-credentials.service', dest: `${UNIT_DIR}/shed-ext-docker-credentials.service`, unit: true },
+  { src: 'shed-ext-git-credentials.service', dest: `${UNIT_DIR}/shed-ext-git-credentials.service`, unit: true },
   ...EXTENSION_NAMESPACES.map((ns) => ({ src: `shed-extensions.d/${ns}.yaml`, dest: `${MANIFEST_DIR}/${ns}.yaml` })),
   { src: 'environment.d/shed-extensions.conf', dest: '/etc/environment.d/shed-extensions.conf' },
   { src: 'profile.d/shed-extensions.sh', dest: '/etc/profile.d/shed-extensions.sh' },

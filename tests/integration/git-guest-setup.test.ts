@@ -12,6 +12,7 @@ import { withGitCredentialSettings } from '../../guest-services/status/gitconfig
 import { installGuest, LIB_DIR, SYSTEM_GITCONFIG } from '../../guest-services/status/install.js';
 import { createGitHandler } from '../../host-broker/git/handler.js';
 import { memoryLogger } from '../../protocol/log.js';
+import { VERSION } from '../../protocol/version.js';
 import { git, gitEnv } from '../support/git-http.js';
 import { startDirectBroker } from '../support/harness.js';
 import { run, tempDir } from '../support/procs.js';
@@ -103,6 +104,9 @@ describe('the guest\'s git setup', function () {
       const bin = tempDir('shed-gbin');
       fs.writeFileSync(path.join(bin, 'node'), `#!/bin/sh\nexec '${process.execPath}' "$@"\n`, { mode: 0o755 });
       fs.writeFileSync(path.join(bin, 'git-credential-shed'), launcher.replaceAll(LIB_DIR, path.join(root, LIB_DIR)), { mode: 0o755 });
+      // What its unit (shed-ext-git-credentials.service) runs once per boot.
+      const version = await run(path.join(bin, 'git-credential-shed'), ['version'], { env: { PATH: `${bin}:/usr/bin:/bin` } });
+      expect(version.stdout).to.equal(`git-credential-shed (shed-extensions) ${VERSION}\n`);
       const bin2 = tempDir('shed-gsrc');
       fs.writeFileSync(path.join(bin2, 'token'), '#!/bin/sh\necho image-test-token\n', { mode: 0o755 });
       const h = await startDirectBroker({
