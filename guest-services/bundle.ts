@@ -2,7 +2,7 @@
  * Guest binaries as single-file bundles: a guest image needs only `node`,
  * no node_modules. `npm run bundle` writes build/guest/:
  *
- *   shed-ext-ssh-agent.mjs  shed-ext-aws-credentials.mjs  docker-credential-shed.cjs  shed-ext.mjs
+ *   shed-ext-ssh-agent.mjs  shed-ext-aws-credentials.mjs  docker-credential-shed.cjs  git-credential-shed.cjs  shed-ext.mjs
  *   systemd/guest/...       the guest units and config (install-guest reads them from here)
  *
  * then `node build/guest/shed-ext.mjs install-guest --root DIR` lays them into an image root.
@@ -19,6 +19,7 @@ export const ENTRY_POINTS: Record<GuestBinary, string> = {
   'shed-ext-ssh-agent': 'guest-services/ssh-agent/main.ts',
   'shed-ext-aws-credentials': 'guest-services/aws-credentials/main.ts',
   'docker-credential-shed': 'guest-services/docker-credential/main.ts',
+  'git-credential-shed': 'guest-services/git-credential/main.ts',
   'shed-ext': 'guest-services/status/main.ts',
 };
 
@@ -28,7 +29,7 @@ export const DEFAULT_OUT_DIR = path.join(REPO_ROOT, 'build', 'guest');
  * Some dependencies are CommonJS and call require() on node built-ins; an
  * ESM bundle has no require, so it is given one. The services are ESM
  * (install-guest finds its bundles through import.meta.url); the docker
- * helper is CommonJS, which needs neither banner nor ESM loader (bundleFile).
+ * and git helpers are CommonJS, which needs neither banner nor ESM loader (bundleFile).
  */
 const BANNER = "import { createRequire as __shedCreateRequire } from 'node:module'; const require = __shedCreateRequire(import.meta.url);";
 

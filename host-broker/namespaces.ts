@@ -5,6 +5,7 @@
 import type { Logger } from '../protocol/log.js';
 import { createAwsHandler } from './aws/handler.js';
 import { createDockerHandler } from './docker/handler.js';
+import { createGitHandler } from './git/handler.js';
 import type { NamespaceHandler } from './handler.js';
 import { createSshHandler } from './ssh/handler.js';
 
@@ -17,5 +18,6 @@ export function createHandlers(deps: HandlerDeps): NamespaceHandler[] {
     createSshHandler({ log: deps.log }),
     createAwsHandler({ log: deps.log }),
     createDockerHandler({ log: deps.log }),
+    createGitHandler({ log: deps.log }),
   ];
 }

@@ -85,5 +85,14 @@ export const DockerCode = {
   HELPER_FAILED: 'HELPER_FAILED',
 } as const;
 
-export const ErrorCode = { ...CommonCode, ...SshCode, ...AwsCode, ...DockerCode } as const;
+export const GitCode = {
+  /** The shed's `git.allowed` does not cover this protocol, host and path (the rule that decided is in the message and the audit line). */
+  GIT_HOST_NOT_ALLOWED: 'GIT_HOST_NOT_ALLOWED',
+  /** The host has no credentials for that host (its `git credential fill` found none). */
+  CREDENTIALS_NOT_FOUND: 'CREDENTIALS_NOT_FOUND',
+  /** The host's `git credential fill` or the policy's `command` source failed or did not answer in time. */
+  HELPER_FAILED: 'HELPER_FAILED',
+} as const;
+
+export const ErrorCode = { ...CommonCode, ...SshCode, ...AwsCode, ...DockerCode, ...GitCode } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -6,7 +6,7 @@
  */
 import * as z from 'zod/mini';
 
-export const NAMESPACES = ['ssh-agent', 'aws-credentials', 'docker-credentials'] as const;
+export const NAMESPACES = ['ssh-agent', 'aws-credentials', 'docker-credentials', 'git-credentials'] as const;
 export type Namespace = (typeof NAMESPACES)[number];
 
 export function isNamespace(value: string): value is Namespace {
@@ -18,6 +18,7 @@ export const OPERATIONS: Record<Namespace, readonly string[]> = {
   'ssh-agent': ['list', 'sign', 'bind', 'status'],
   'aws-credentials': ['get_credentials', 'status'],
   'docker-credentials': ['get', 'list', 'status', 'store', 'erase'],
+  'git-credentials': ['get', 'status'],
 };
 
 export function isOperation(namespace: string, operation: string): boolean {

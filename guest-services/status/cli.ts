@@ -12,13 +12,14 @@ export const PROGRAM = 'shed-ext';
 
 export const USAGE = `Usage: ${PROGRAM} <command> [options]
 
-Guest-side tools of shed-extensions: SSH signatures, AWS role credentials and
-registry credentials for this VM come from the host (shed-host-agent).
+Guest-side tools of shed-extensions: SSH signatures, AWS role credentials,
+registry credentials and git credentials for this VM come from the host
+(shed-host-agent).
 
 Commands:
   status [--publish-url URL] [--json]
         ask the host about each namespace (ssh-agent, aws-credentials,
-        docker-credentials), 2 s each; exit 0 when all are connected (or
+        docker-credentials, git-credentials), 2 s each; exit 0 when all are connected (or
         disabled on purpose by the host policy), 1 otherwise
   serve [--sock PATH] [--port PORT] [--publish-url URL] ...
         the SSH agent and the AWS endpoint in one process, for a guest

@@ -2,7 +2,7 @@
  * `shed-ext install-guest --root DIR`: lay the guest side into an image root
  * (for a Dockerfile `COPY`, or `--root /` inside the image build):
  *
- *   /usr/local/lib/shed-extensions/<bin>.mjs      single-file bundles (need only node; the docker helper's is .cjs)
+ *   /usr/local/lib/shed-extensions/<bin>.mjs      single-file bundles (need only node; the docker and git helpers' are .cjs)
  *   /usr/local/lib/shed-extensions/systemd/guest/ pristine copies of the files below
  *   /usr/local/bin/<bin>                           sh launchers: exec node <bundle>
  *   /usr/local/lib/systemd/system/*.service        the units, enabled through
@@ -13,6 +13,7 @@
  *   /etc/profile.d/shed-extensions.sh              the same for login shells, plus the plain token variable
  *   /etc/skel/.docker/config.json                  {"credsStore": "shed"} for new users
  *   /etc/containers/registries.conf.d/50-shed-extensions.conf   credential-helpers = ["shed"]
+ *   /etc/gitconfig                                 credential.helper=shed, credential.useHttpPath=true (the rest of the file kept)
  *
  * and the steps of guest-setup.ts: the user (sysusers.d, created now), the
  * uid check against a visible broker socket, /etc/shed-extensions/guest.env,
@@ -31,19 +32,22 @@ import {
   checkPublishUrl, DEFAULT_AWS_PORT, ensureUser, inspectSocket, mountNotice, planUser, renderGuestFile, setupEntries, SetupError,
   socketOpensFor, socketRefusal, type GuestSettings, type SetupEntry, type UserResult,
 } from './guest-setup.js';
+import { withGitCredentialSettings } from './gitconfig.js';
 
 /** The guest binaries, by the name they are installed under. */
-export const GUEST_BINARIES = ['shed-ext-ssh-agent', 'shed-ext-aws-credentials', 'docker-credential-shed', 'shed-ext'] as const;
+export const GUEST_BINARIES = ['shed-ext-ssh-agent', 'shed-ext-aws-credentials', 'docker-credential-shed', 'git-credential-shed', 'shed-ext'] as const;
 export type GuestBinary = (typeof GUEST_BINARIES)[number];
 
 export const LIB_DIR = '/usr/local/lib/shed-extensions';
 export const BIN_DIR = '/usr/local/bin';
 export const UNIT_DIR = '/usr/local/lib/systemd/system';
 export const WANTS_DIR = '/etc/systemd/system/multi-user.target.wants';
+/** The system gitconfig (`git config --system`), where git finds credential.helper=shed. */
+export const SYSTEM_GITCONFIG = '/etc/gitconfig';
 /** Where shed-agent looks for extension manifests (`<namespace>.yaml`). */
 export const MANIFEST_DIR = '/etc/shed-extensions.d';
 /** The extensions this package ships a manifest for, by namespace. */
-export const EXTENSION_NAMESPACES = ['ssh-agent', 'aws-credentials', 'docker-credentials'] as const;
+export const EXTENSION_NAMESPACES = ['ssh-agent', 'aws-credentials', 'docker-credentials', 'git-credentials'] as const;
 
 /** Folder (inside a bundle directory) holding the guest config files, as in the repo's systemd/guest. */
 export const GUEST_FILES_DIR = path.join('systemd', 'guest');
@@ -54,6 +58,7 @@ export const GUEST_FILES: ReadonlyArray<{ src: string; dest: string; unit?: bool
   { src: 'shed-ext-aws-token.service', dest: `${UNIT_DIR}/shed-ext-aws-token.service`, unit: true },
   { src: 'shed-ext-aws-credentials.service', dest: `${UNIT_DIR}/shed-ext-aws-credentials.service`, unit: true },
   { src: 'shed-ext-docker-credentials.service', dest: `${UNIT_DIR}/shed-ext-docker-credentials.service`, unit: true },
+  { src: 'shed-ext-git-credentials.service', dest: `${UNIT_DIR}/shed-ext-git-credentials.service`, unit: true },
   ...EXTENSION_NAMESPACES.map((ns) => ({ src: `shed-extensions.d/${ns}.yaml`, dest: `${MANIFEST_DIR}/${ns}.yaml` })),
   { src: 'environment.d/shed-extensions.conf', dest: '/etc/environment.d/shed-extensions.conf' },
   { src: 'profile.d/shed-extensions.sh', dest: '/etc/profile.d/shed-extensions.sh' },
@@ -68,7 +73,7 @@ const USER_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
 export interface InstallOptions {
   /** The image root. */
   root: string;
-  /** Directory with the four `<bin>.mjs` bundles and systemd/guest (default: found, see findBundleDir). */
+  /** Directory with the `<bin>.mjs`/`.cjs` bundles and systemd/guest (default: found, see findBundleDir). */
   from?: string;
   /** The user the guest units run as (default `shed`). */
   user?: string;
@@ -101,12 +106,12 @@ export class InstallError extends Error {
 }
 
 /**
- * A binary's bundle file. The docker helper's is CommonJS: Docker starts it
- * once per registry operation, and Node starts a CommonJS file ~10% faster
+ * A binary's bundle file. The docker and git helpers' are CommonJS: Docker and git start them
+ * once per operation, and Node starts a CommonJS file ~10% faster
  * than an ES module (its ESM loader's own start-up); the services are ESM.
  */
 export function bundleFile(bin: GuestBinary): string {
-  return bin === 'docker-credential-shed' ? `${bin}.cjs` : `${bin}.mjs`;
+  return bin === 'docker-credential-shed' || bin === 'git-credential-shed' ? `${bin}.cjs` : `${bin}.mjs`;
 }
 
 function hasBundles(dir: string): boolean {
@@ -211,6 +216,9 @@ export function installGuest(options: InstallOptions): InstallResult {
   }
   const notice = mountNotice(options.publishUrl);
   if (notice) notes.push(notice);
+  // Read (and refuse, when it is a symlink) before anything is written.
+  const gitconfig = path.join(root, SYSTEM_GITCONFIG);
+  const gitconfigText = Buffer.from(withGitCredentialSettings(readExistingText(gitconfig)));
   ensureDir(root, root);
   const result: InstallResult = { root, from, entries: [], notes };
   // The sysusers.d entry first: creating the user reads it.
@@ -233,6 +241,9 @@ export function installGuest(options: InstallOptions): InstallResult {
   for (const entry of [...plan(from, settings), ...setupEntries(settings, known ?? planned, root).filter((e) => !isSysusers(e) && (known || e.kind !== 'dir'))]) {
     record(entry);
   }
+  // git asks git-credential-shed (on PATH through its launcher), with the repository's path.
+  ensureDir(path.dirname(gitconfig), root);
+  result.entries.push({ path: SYSTEM_GITCONFIG, action: writeFile(gitconfig, gitconfigText, 0o644) });
   return result;
 }
 
@@ -269,6 +280,14 @@ function ownedDir(dest: string, mode: number, uid: number, gid: number): Action 
   fs.chmodSync(dest, mode);
   if (canChown) fs.chownSync(dest, uid, gid);
   return stat ? 'updated' : 'created';
+}
+
+/** A regular file's text, undefined when there is none; a symlink or anything else there is refused (never followed). */
+function readExistingText(file: string): string | undefined {
+  const stat = lstat(file);
+  if (!stat) return undefined;
+  if (!stat.isFile()) throw new InstallError(`${file} is not a regular file (a symlink or another kind); replace it with a file and retry`);
+  return fs.readFileSync(file, 'utf8');
 }
 
 /** mkdir -p with 0755 for what is created; existing directories are left as they are. */

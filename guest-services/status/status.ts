@@ -97,7 +97,7 @@ async function fromError(bus: StatusBus, namespace: Namespace, err: unknown, dea
   return { namespace, state: 'not_connected', error, summary: err.describe() };
 }
 
-/** `agent-forward mode, 3 keys available`, `role arn:…, cached until …`, `2 registries`. */
+/** `agent-forward mode, 3 keys available`, `role arn:…, cached until …`, `2 registries`, `2 allowed hosts or repositories`. */
 export function describeStatus(namespace: Namespace, status: Payload): string {
   switch (namespace) {
     case 'ssh-agent': {
@@ -117,6 +117,12 @@ export function describeStatus(namespace: Namespace, status: Payload): string {
       if (status.allow_all === true) return 'all registries';
       return typeof status.registry_count === 'number' ? plural(status.registry_count, 'registry', 'registries') : '';
     }
+    case 'git-credentials': {
+      if (typeof status.allowed_count !== 'number') return '';
+      if (status.allowed_count === 0) return 'no git hosts allowed for this shed by the host policy';
+      const sources = typeof status.source_count === 'number' && status.source_count > 0 ? `, ${plural(status.source_count, 'token command')}` : '';
+      return `${plural(status.allowed_count, 'allowed host or repository', 'allowed hosts or repositories')}${sources}`;
+    }
   }
 }
 
@@ -133,6 +139,8 @@ export function describeUnavailable(namespace: Namespace, status: Payload): stri
       return 'the host cannot issue AWS credentials; see the shed-host-agent log on the host';
     case 'docker-credentials':
       return 'the host has no Docker config to read registry credentials from: run `docker login <registry>` on the host';
+    case 'git-credentials':
+      return 'the host cannot run git to look up credentials; see the shed-host-agent log on the host';
   }
 }
 

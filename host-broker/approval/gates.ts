@@ -59,6 +59,7 @@ export function gateEnvironment(request: GateRequest, base: NodeJS.ProcessEnv = 
   env.SHED_APPROVAL_SCOPE_TEXT = scopeText(request);
   if (request.namespace === 'ssh-agent') env.SHED_KEY_FINGERPRINT = printable(request.subject.subject, 512);
   if (request.namespace === 'aws-credentials') env.SHED_ROLE_ARN = printable(request.subject.subject, 512);
+  if (request.namespace === 'git-credentials') env.SHED_GIT_URL = printable(request.subject.subject, 512);
   return env;
 }
 

@@ -16,6 +16,8 @@ import { Approvals } from '../approval/approvals.js';
 import { findExecutable } from '../approval/gates.js';
 import { dockerConfigPath, readDockerConfig } from '../docker/config.js';
 import { helperCommand } from '../docker/helper-process.js';
+import { runProgram } from '../git/host-process.js';
+import { normalizeHost, parseAllowed } from '../git/rules.js';
 import { expandHome, type EffectiveShed } from '../policy/effective.js';
 import { loadPolicyFile, policyFromDocument, PolicyError, shellQuote, type Policy } from '../policy/policy.js';
 import { listedSheds } from '../policy/show.js';
@@ -108,6 +110,47 @@ export function probeDockerHelper(helper: string, envPath = process.env.PATH ?? 
   return problem
     ? fail(`docker helper ${helper}`, `${command}: ${problem}`, `install ${command} on the PATH of shed-host-agent, or change credsStore/credHelpers in the Docker config`)
     : ok(`docker helper ${helper}`, `${command} is on PATH`);
+}
+
+/** git runs on this host, as the broker runs it (`git --version`). */
+export async function probeGit(env: NodeJS.ProcessEnv, timeoutMs = 5000): Promise<Check> {
+  const name = 'git';
+  try {
+    const r = await runProgram(['git', '--version'], { env, timeoutMs });
+    if (r.code === 0) return ok(name, `${r.stdout.trim()} is on PATH`);
+    return fail(name, `git --version exited ${r.signal ?? r.code}${r.stderrTail ? `: ${r.stderrTail}` : ''}`, 'reinstall git on the host');
+  } catch (err) {
+    return fail(name, `git cannot run here: ${(err as Error).message}`, 'install git on the host (on the PATH of shed-host-agent), or give every allowed host a command in git.sources');
+  }
+}
+
+/**
+ * The host's git has a credential helper for `git credential fill` to ask
+ * (`credential.helper`, or one for a URL). Lists them; never asks one for
+ * anything.
+ */
+export async function probeGitHelpers(env: NodeJS.ProcessEnv, timeoutMs = 5000): Promise<Check> {
+  const name = 'git credential helpers';
+  try {
+    const r = await runProgram(['git', 'config', '--get-regexp', '^credential\\..*helper$'], { env, timeoutMs });
+    const helpers = r.code === 0 ? r.stdout.split('\n').filter(Boolean).map((l) => l.replace(/^credential\./, '').replace(/\.?helper /, ' ').trim()) : [];
+    if (r.code !== 0 && r.code !== 1) return fail(name, `git config exited ${r.signal ?? r.code}${r.stderrTail ? `: ${r.stderrTail}` : ''}`, 'fix the git config it names');
+    if (helpers.length === 0) {
+      return warn(name, 'the host\'s git has no credential.helper: `git credential fill` will find no credentials for the sheds',
+        'configure one (git config --global credential.helper osxkeychain, libsecret, manager or store) and log in once on the host, or give the hosts a command in git.sources');
+    }
+    return ok(name, `git credential fill asks ${helpers.join('; ')}`);
+  } catch (err) {
+    return fail(name, `git cannot run here: ${(err as Error).message}`, 'install git on the host');
+  }
+}
+
+/** A git.sources command's program is an executable (it is not run: it would print a token). */
+export function probeGitSource(host: string, command: string[], envPath = process.env.PATH ?? ''): Check {
+  const problem = findExecutable(command[0] ?? '', envPath);
+  return problem
+    ? fail(`git source ${host}`, `git.sources.${host} command ${JSON.stringify(command[0])}: ${problem}`, 'install it on the PATH of shed-host-agent, or give its absolute path')
+    : ok(`git source ${host}`, `${command[0]} is there (not run: it prints a token)`);
 }
 
 /** shed-server answers its plugin API (GET /api/plugins/listeners) with the configured auth. */
@@ -256,6 +299,26 @@ export async function runChecks(config: string, denv: DoctorEnv): Promise<Check[
     const { check, helpers } = probeDockerConfig(file);
     checks.push(check);
     for (const helper of helpers) checks.push(probeDockerHelper(helper, denv.env.PATH ?? ''));
+  }
+
+  const gitSheds = sheds.filter((e) => e.git.enabled && e.git.allowed.length);
+  if (gitSheds.length) {
+    checks.push(await probeGit(denv.env, denv.timeoutMs));
+    // `git credential fill` answers every allowed host without a source; its helpers matter only then.
+    const sourced = (e: EffectiveShed, text: string) => {
+      const entry = parseAllowed(text);
+      return entry !== undefined && Object.keys(e.git.sources).some((k) => normalizeHost(k, entry.scheme) === entry.host);
+    };
+    if (gitSheds.some((e) => e.git.allowed.some((a) => !sourced(e, a)))) {
+      checks.push(await probeGitHelpers(denv.env, denv.timeoutMs));
+    }
+    const commands = new Map<string, string[]>();
+    for (const e of gitSheds) for (const [host, source] of Object.entries(e.git.sources)) commands.set(`${host} ${source.command[0]}`, [host, ...source.command]);
+    for (const [host, ...command] of commands.values()) checks.push(probeGitSource(host!, command, denv.env.PATH ?? ''));
+    const plain = [...new Set(gitSheds.flatMap((e) => e.git.allowed.map(parseAllowed)).filter((a) => a?.scheme === 'http' && !/^(localhost|127\.[\d.]+|\[::1\])(:\d+)?$/.test(a.host)).map((a) => a!.text))];
+    if (plain.length) {
+      checks.push(warn('git plain http', `git.allowed names ${plain.join(', ')} over plain http: their tokens cross the network unencrypted`, 'use https for them if the server has it'));
+    }
   }
 
   if (policy.server) checks.push(await probeShedServer(policy.server, denv.timeoutMs));

@@ -11,6 +11,7 @@ export interface ExplainFlags {
   registry?: string;
   host?: string;
   'signing-namespace'?: string;
+  url?: string;
   json?: boolean;
 }
 
@@ -25,15 +26,16 @@ export async function servedNamespaces(): Promise<Set<string>> {
 export async function explainCommand(config: string, args: string[], flags: ExplainFlags, io: Io): Promise<number> {
   const [shed, namespace, operation] = args;
   if (!shed || !namespace || !operation || args.length > 3) {
-    io.err('usage: shed-host-agent explain SHED NAMESPACE OPERATION [--server NAME] [--key FP] [--registry HOST] [--host NAME] [--signing-namespace NS] [--json]\n'
-      + '  e.g. explain my-service docker-credentials get --registry ghcr.io\n');
+    io.err('usage: shed-host-agent explain SHED NAMESPACE OPERATION [--server NAME] [--key FP] [--registry HOST] [--host NAME] [--signing-namespace NS] [--url URL] [--json]\n'
+      + '  e.g. explain my-service docker-credentials get --registry ghcr.io\n'
+      + '       explain my-service git-credentials get --url https://github.com/acme/app.git\n');
     return 2;
   }
   const opt = serverOption(flags.server, io, 'explain');
   if (!opt.ok) return 2;
   const policy = loadForCli(config, io);
   if (!policy) return 1;
-  const req: ExplainRequest = { shed, server: opt.server, namespace, operation, key: flags.key, registry: flags.registry, host: flags.host, signingNamespace: flags['signing-namespace'] };
+  const req: ExplainRequest = { shed, server: opt.server, namespace, operation, key: flags.key, registry: flags.registry, host: flags.host, signingNamespace: flags['signing-namespace'], url: flags.url };
   const served = await servedNamespaces();
   try {
     const x = explain(policy, req, (ns) => served.has(ns));

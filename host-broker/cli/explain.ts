@@ -1,6 +1,6 @@
 /**
  * `shed-host-agent explain <shed> <namespace> <operation> [--key FP]
- * [--registry HOST] [--host NAME] [--signing-namespace NS]`: the decision the
+ * [--registry HOST] [--host NAME] [--signing-namespace NS] [--url URL]`: the decision the
  * broker would make, step by step, with the rule that decided it, without
  * touching any backend. Every step calls the function the broker itself
  * calls (shedDecision, the namespaces' rules, the approval gate's `gated`).
@@ -10,6 +10,9 @@ import { isNamespace, OPERATIONS } from '../../protocol/envelope.js';
 import { gated } from '../approval/approvals.js';
 import { roleDecision } from '../aws/rules.js';
 import { normalizeRegistry, registryDecision } from '../docker/rules.js';
+import { DEFAULT_TOKEN_USERNAME } from '../git/handler.js';
+import { HOST_PROGRAM_TIMEOUT_MS } from '../git/host-process.js';
+import { describeTarget, gitDecision, gitTarget, parseGitUrl, sourceFor } from '../git/rules.js';
 import type { Decision } from '../handler.js';
 import { shedDecision } from '../policy/decide.js';
 import type { EffectiveApproval } from '../policy/effective.js';
@@ -30,6 +33,8 @@ export interface ExplainRequest {
   host?: string;
   /** The SSHSIG namespace (`ssh-keygen -Y sign -n`). */
   signingNamespace?: string;
+  /** The repository URL a git credential is asked for: `https://github.com/acme/app.git`. */
+  url?: string;
 }
 
 export interface Step extends Decision {
@@ -81,10 +86,10 @@ export function explain(policy: Policy, req: ExplainRequest, served: Served): Ex
     code: CommonCode.UNKNOWN_OPERATION,
     rule: `${req.namespace} has no operation ${JSON.stringify(op.slice(0, 64))}; its operations: ${isNamespace(req.namespace) ? [...OPERATIONS[req.namespace], 'ping'].join(', ') : 'none'}`,
   });
-  const approval = (namespace: 'ssh-agent' | 'aws-credentials', subject: string) => {
+  const approval = (namespace: 'ssh-agent' | 'aws-credentials' | 'git-credentials', subject: string) => {
     if (gated(e.approval, namespace)) then.push(`the ${describeGate(e.approval)} must approve ${subject}; a refusal or timeout (${formatDuration(e.approval.timeout)}) is APPROVAL_DENIED`);
   };
-  const limits = (bucket: 'ssh' | 'aws' | 'docker') => {
+  const limits = (bucket: 'ssh' | 'aws' | 'docker' | 'git') => {
     const b = e.limits[bucket];
     then.push(`rate limit: ${b.per_minute}/min (burst ${b.burst}) for ${bucket}, ${e.limits.max_concurrent} requests of the shed at once; more is RATE_LIMITED`);
   };
@@ -180,6 +185,33 @@ export function explain(policy: Policy, req: ExplainRequest, served: Served): Ex
       limits('docker');
       break;
     }
+    case 'git-credentials': {
+      if (op === 'status') {
+        step('operation', { allowed: true, rule: 'status reports the number of git.allowed entries and token commands' });
+        break;
+      }
+      if (op !== 'get') {
+        unknown();
+        break;
+      }
+      if (!req.url) throw new ExplainUsage('explain git-credentials get needs --url URL, the repository as git names it (like https://github.com/acme/app.git)');
+      const url = parseGitUrl(req.url);
+      if ('problem' in url) throw new ExplainUsage(`--url: ${url.problem}`);
+      const judged = gitTarget(url);
+      if ('problem' in judged) {
+        step('url', { allowed: false, code: CommonCode.INVALID_REQUEST, rule: judged.problem });
+        break;
+      }
+      const target = judged.target;
+      if (!step('url', gitDecision(e.git, target))) break;
+      approval('git-credentials', `git credentials for ${describeTarget(target)}`);
+      const source = sourceFor(e.git, target);
+      then.push(source
+        ? `git.sources.${source.key} runs ${source.command.join(' ')} (no shell, stdin closed, ${HOST_PROGRAM_TIMEOUT_MS / 1000} s at most); its one line of output is the token, sent with username ${source.username ?? DEFAULT_TOKEN_USERNAME} (HELPER_FAILED when it fails or prints nothing)`
+        : `the host's \`git credential fill\` is asked with protocol=${target.protocol} and host=${target.host} only, never prompting, ${HOST_PROGRAM_TIMEOUT_MS / 1000} s at most; CREDENTIALS_NOT_FOUND when its helpers have nothing, HELPER_FAILED when it fails`);
+      limits('git');
+      break;
+    }
     default:
       unknown();
   }
@@ -194,7 +226,7 @@ function describeGate(a: EffectiveApproval): string {
 /** The explanation as text: one line per step, the verdict, and what follows. */
 export function formatExplanation(req: ExplainRequest, x: Explanation): string {
   const args = [req.key && `--key ${req.key}`, req.registry && `--registry ${req.registry}`, req.host && `--host ${req.host}`,
-    req.signingNamespace !== undefined && `--signing-namespace ${req.signingNamespace}`].filter(Boolean).join(' ');
+    req.signingNamespace !== undefined && `--signing-namespace ${req.signingNamespace}`, req.url && `--url ${req.url}`].filter(Boolean).join(' ');
   const lines = [`shed ${req.shed}${req.server !== undefined ? ` of server ${req.server}` : ''}: ${req.namespace} ${req.operation}${args ? ` ${args}` : ''}`];
   for (const s of x.steps) lines.push(`  ${s.allowed ? 'allowed' : 'denied '}  ${s.check}: ${s.rule}`);
   lines.push(`verdict: ${x.allowed ? 'allowed' : `denied ${x.code ?? ''}`.trim()}`);

@@ -16,8 +16,8 @@ import { statusCommand } from './status.js';
 
 const USAGE = `Usage: shed-host-agent [command] [--config FILE] [--state-dir DIR]
 
-Brokers SSH signatures, AWS role credentials and registry credentials for
-shed VMs, decided by a per-shed policy.
+Brokers SSH signatures, AWS role credentials, registry credentials and git
+credentials for shed VMs, decided by a per-shed policy.
 
 Commands:
   run                  serve the policy's sheds (the default); reloads the
@@ -29,17 +29,18 @@ Commands:
   check [--json]       validate the policy: one line per shed (exit 0), or
                        every problem as file:line:col (exit 1); --json prints
                        every listed shed's effective policy
-  policy list          each shed's role, ssh mode and keys, registries,
-                       approval and socket
+  policy list          each shed's role, ssh mode and keys, registries, git
+                       hosts, approval and socket
   policy show SHED [--server NAME] [--json]
                        SHED's merged policy as YAML, each value with its
                        origin; --server for a shed of a server under servers:
   explain SHED NAMESPACE OPERATION [--server NAME] [--key FP] [--registry HOST]
-                       [--host NAME] [--signing-namespace NS] [--json]
+                       [--host NAME] [--signing-namespace NS] [--url URL] [--json]
                        the decision the broker would make, and the rule that
                        decides it (exit 0 allowed, 1 denied); touches no backend
   doctor               check the host side (ssh agent, keys, AWS profile,
-                       Docker config and helpers, shed-server, audit path)
+                       Docker config and helpers, git and its credential
+                       helpers, shed-server, audit path)
   audit                the audit log as a timeline (audit --help)
   version              print the version
 
@@ -62,6 +63,7 @@ const OPTIONS = {
   registry: { type: 'string' },
   host: { type: 'string' },
   'signing-namespace': { type: 'string' },
+  url: { type: 'string' },
   json: { type: 'boolean' },
   'state-dir': { type: 'string' },
   version: { type: 'boolean', short: 'V' },

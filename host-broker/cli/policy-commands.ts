@@ -73,12 +73,12 @@ export async function checkCommand(config: string, io: Io, options: { json?: boo
   io.out(`${policy.files.join(', ')}: ok, ${policy.namedSheds().length} named shed${policy.namedSheds().length === 1 ? '' : 's'}${policy.hasWildcard() ? ' and "*"' : ' (no "*": other sheds are refused)'}; ${describeTransports(policy)}\n`);
   for (const shed of sheds) {
     const s = summarizeShed(policy, shed)!;
-    io.out(`${s.shed}: aws ${s.role}; ssh ${s.ssh}; docker ${s.registries}; approval ${s.approval}; ${s.socket === '-' ? 'no socket' : `socket ${s.socket}`}\n`);
+    io.out(`${s.shed}: aws ${s.role}; ssh ${s.ssh}; docker ${s.registries}; git ${s.git}; approval ${s.approval}; ${s.socket === '-' ? 'no socket' : `socket ${s.socket}`}\n`);
   }
   for (const server of policy.serverScopes()) {
     for (const shed of listedShedsOf(policy, server)) {
       const s = summarizeShed(policy, shed, server)!;
-      io.out(`${s.shed} of server ${server}: aws ${s.role}; ssh ${s.ssh}; docker ${s.registries}; approval ${s.approval}\n`);
+      io.out(`${s.shed} of server ${server}: aws ${s.role}; ssh ${s.ssh}; docker ${s.registries}; git ${s.git}; approval ${s.approval}\n`);
     }
   }
   return 0;
@@ -89,10 +89,10 @@ export function policyListCommand(config: string, io: Io): number {
   const policy = loadForCli(config, io);
   if (!policy) return 1;
   const scoped = policy.serverScopes();
-  const rows = [[...(scoped.length ? ['SERVER'] : []), 'SHED', 'ROLE', 'SSH', 'REGISTRIES', 'APPROVAL', 'SOCKET']];
+  const rows = [[...(scoped.length ? ['SERVER'] : []), 'SHED', 'ROLE', 'SSH', 'REGISTRIES', 'GIT', 'APPROVAL', 'SOCKET']];
   const add = (shed: string, server?: string) => {
     const s = summarizeShed(policy, shed, server)!;
-    rows.push([...(scoped.length ? [server ?? '-'] : []), s.shed, s.role, s.ssh, s.registries, s.approval, s.socket]);
+    rows.push([...(scoped.length ? [server ?? '-'] : []), s.shed, s.role, s.ssh, s.registries, s.git, s.approval, s.socket]);
   };
   for (const shed of listedSheds(policy)) add(shed);
   for (const server of scoped) for (const shed of listedShedsOf(policy, server)) add(shed, server);

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { shedKey } from '../origin.js';
 import type { z } from 'zod';
-import type { ApprovalSection, AwsSection, BucketSection, DockerSection, LimitsSection, PolicyDocument, ShedSections, SshSection } from './schema.js';
+import type { ApprovalSection, AwsSection, BucketSection, DockerSection, GitSection, LimitsSection, PolicyDocument, ShedSections, SshSection } from './schema.js';
 
 /*
  * Every effective type below is the schema's own output type with the keys
@@ -39,6 +39,7 @@ const AWS_DEFAULTS = {
   tags: {},
 } satisfies Written<typeof AwsSection>;
 const DOCKER_DEFAULTS = { enabled: true, registries: [], allow_all: false } satisfies Written<typeof DockerSection>;
+const GIT_DEFAULTS = { enabled: true, allowed: [], sources: {} } satisfies Written<typeof GitSection>;
 const APPROVAL_DEFAULTS = { gate: 'none', policy: 'per-shed', ttl: 4 * 3_600_000, timeout: 25_000, applies_to: ['ssh-agent'] } satisfies Written<typeof ApprovalSection>;
 const LIMITS_DEFAULTS = {
   max_concurrent: 16,
@@ -46,21 +47,24 @@ const LIMITS_DEFAULTS = {
   ssh: { per_minute: 600, burst: 60 },
   aws: { per_minute: 120, burst: 30 },
   docker: { per_minute: 600, burst: 60 },
+  git: { per_minute: 600, burst: 60 },
 } satisfies Written<typeof LimitsSection>;
 
 export type EffectiveSsh = Filled<Written<typeof SshSection>, typeof SSH_DEFAULTS>;
 export type EffectiveAws = Filled<Written<typeof AwsSection>, typeof AWS_DEFAULTS>;
 export type EffectiveDocker = Filled<Written<typeof DockerSection>, typeof DOCKER_DEFAULTS>;
+export type EffectiveGit = Filled<Written<typeof GitSection>, typeof GIT_DEFAULTS>;
 export type EffectiveApproval = Filled<Written<typeof ApprovalSection>, typeof APPROVAL_DEFAULTS>;
 /** A token bucket with its burst worked out. */
 export type Bucket = Required<Written<typeof BucketSection>>;
-export type EffectiveLimits = Simplify<Omit<Filled<Written<typeof LimitsSection>, typeof LIMITS_DEFAULTS>, 'ssh' | 'aws' | 'docker'> & { ssh: Bucket; aws: Bucket; docker: Bucket }>;
+export type EffectiveLimits = Simplify<Omit<Filled<Written<typeof LimitsSection>, typeof LIMITS_DEFAULTS>, 'ssh' | 'aws' | 'docker' | 'git'> & { ssh: Bucket; aws: Bucket; docker: Bucket; git: Bucket }>;
 
 /** The sections after merging, before the finishing touches (buckets' bursts, paths, the shed's tag). */
 type MergedSections = {
   ssh: EffectiveSsh;
   aws: EffectiveAws;
   docker: EffectiveDocker;
+  git: EffectiveGit;
   approval: EffectiveApproval;
   limits: Filled<Written<typeof LimitsSection>, typeof LIMITS_DEFAULTS>;
 };
@@ -75,6 +79,7 @@ export interface EffectiveShed {
   ssh: EffectiveSsh;
   aws: EffectiveAws;
   docker: EffectiveDocker;
+  git: EffectiveGit;
   approval: EffectiveApproval;
   limits: EffectiveLimits;
 }
@@ -84,6 +89,7 @@ export const BUILTIN_DEFAULTS: Readonly<MergedSections> = Object.freeze({
   ssh: SSH_DEFAULTS,
   aws: AWS_DEFAULTS,
   docker: DOCKER_DEFAULTS,
+  git: GIT_DEFAULTS,
   approval: APPROVAL_DEFAULTS,
   limits: LIMITS_DEFAULTS,
 });
@@ -171,8 +177,9 @@ export function finish(name: string, matched: EffectiveShed['matched'], layers: 
     ssh: { ...ssh, keys: ssh.keys.map(expandHome), agent_socket: ssh.agent_socket && expandHome(ssh.agent_socket) },
     aws: { ...aws, tags: { shed: name, ...aws.tags } },
     docker: merged.docker,
+    git: merged.git,
     approval: merged.approval,
-    limits: { ...limits, ssh: fillBucket(limits.ssh), aws: fillBucket(limits.aws), docker: fillBucket(limits.docker) },
+    limits: { ...limits, ssh: fillBucket(limits.ssh), aws: fillBucket(limits.aws), docker: fillBucket(limits.docker), git: fillBucket(limits.git) },
   };
 }
 
@@ -181,4 +188,5 @@ export const SECTION_OF = {
   'ssh-agent': 'ssh',
   'aws-credentials': 'aws',
   'docker-credentials': 'docker',
+  'git-credentials': 'git',
 } as const;

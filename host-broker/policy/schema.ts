@@ -118,6 +118,53 @@ export const DockerSection = z.strictObject({
   config_path: NonEmpty.optional(),
 });
 
+const HOST_LABEL = '[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?';
+const HOST_NAME = `${HOST_LABEL}(?:\\.${HOST_LABEL})*|\\[[0-9A-Fa-f:.]+\\]`;
+/** A path segment of a git.allowed entry: no spaces or control characters, slashes, `?`, `#` or backslashes; `*` and `**` are globs. */
+const GIT_SEGMENT = '[^\\s/?#\\\\\\x00-\\x1f\\x7f]+';
+
+/**
+ * A git.allowed entry: `[http://|https://]host[:port][/path glob]`, host
+ * possibly `*.example.com`. Groups: scheme, host, port, path.
+ */
+export const GIT_ALLOWED_RE = new RegExp(`^(?:(https?)://)?((?:\\*\\.)?(?:${HOST_NAME}))(?::(\\d{1,5}))?((?:/${GIT_SEGMENT})*)/?$`, 'i');
+/** A host as git names it (with its port when the URL had one): a git.sources key. */
+export const GIT_HOST_RE = new RegExp(`^(?:${HOST_NAME})(?::\\d{1,5})?$`);
+
+const GIT_ALLOWED_HINT = 'expected a host (github.com, git.example.com:8443, *.example.com) or a host and path glob (github.com/acme/*, gitlab.example.com/team/**), '
+  + 'written http://… only to allow plain http for it';
+
+function gitEntryProblem(entry: string): string | undefined {
+  const m = GIT_ALLOWED_RE.exec(entry);
+  if (!m) return GIT_ALLOWED_HINT;
+  if (m[3] !== undefined && (Number(m[3]) < 1 || Number(m[3]) > 65_535)) return `port ${m[3]} is not a port (1-65535)`;
+  if ((m[4] ?? '').split('/').some((seg) => seg === '.' || seg === '..')) return 'a path may not hold . or .. segments';
+  return undefined;
+}
+
+export const GitAllowedEntry = z.string({ error: GIT_ALLOWED_HINT }).superRefine((entry, ctx) => {
+  const problem = gitEntryProblem(entry);
+  if (problem) ctx.addIssue({ code: 'custom', message: problem === GIT_ALLOWED_HINT ? problem : `${problem}; ${GIT_ALLOWED_HINT}` });
+});
+
+export const GitHost = z.string().regex(GIT_HOST_RE, { error: 'expected a host as git names it: github.com, or git.example.com:8443 with a port' });
+
+export const GitSource = z.strictObject({
+  /** argv run without a shell, stdin closed; its stdout (one line) is the token. */
+  command: z.array(NonEmpty, { error: 'expected a command as a list (argv, run without a shell), like [gh, auth, token]' })
+    .min(1, { error: 'expected a command as a list (argv, run without a shell), like [gh, auth, token]' }),
+  /** The username sent with the token. Default `x-access-token` (GitHub's; GitLab, Gitea and Azure DevOps accept any). */
+  username: NonEmpty.optional(),
+});
+
+export const GitSection = z.strictObject({
+  enabled: z.boolean().optional(),
+  /** What this shed may have git credentials for: hosts, or hosts with path globs. Empty = nothing. */
+  allowed: z.array(GitAllowedEntry).optional(),
+  /** Per host: where its token comes from instead of the host's `git credential fill`. */
+  sources: z.record(GitHost, GitSource).optional(),
+});
+
 export const ApprovalSection = z.strictObject({
   gate: z.enum(['none', 'command', 'touchid']).optional(),
   policy: z.enum(['per-request', 'per-session', 'per-shed']).optional(),
@@ -126,8 +173,8 @@ export const ApprovalSection = z.strictObject({
   timeout: Duration.optional(),
   /** argv for `gate: command`; run without a shell. */
   command: z.array(NonEmpty).min(1).optional(),
-  /** What the gate guards: ssh signs always; aws get_credentials on request. */
-  applies_to: z.array(z.enum(['ssh-agent', 'aws-credentials'])).optional(),
+  /** What the gate guards: ssh signs, aws get_credentials, git get. */
+  applies_to: z.array(z.enum(['ssh-agent', 'aws-credentials', 'git-credentials'])).optional(),
 });
 
 /** A token bucket; `burst` defaults to a tenth of `per_minute` (at least 1). */
@@ -144,12 +191,14 @@ export const LimitsSection = z.strictObject({
   ssh: BucketSection.optional(),
   aws: BucketSection.optional(),
   docker: BucketSection.optional(),
+  git: BucketSection.optional(),
 });
 
 export const ShedSections = z.strictObject({
   ssh: SshSection.optional(),
   aws: AwsSection.optional(),
   docker: DockerSection.optional(),
+  git: GitSection.optional(),
   approval: ApprovalSection.optional(),
   limits: LimitsSection.optional(),
 });
@@ -185,7 +234,7 @@ const CONNECTION_KEYS = {
   client_cert: NonEmpty.optional(),
   client_key: NonEmpty.optional(),
   /** Namespaces to subscribe; every enabled one by default. */
-  namespaces: z.array(z.enum(['ssh-agent', 'aws-credentials', 'docker-credentials'])).optional(),
+  namespaces: z.array(z.enum(['ssh-agent', 'aws-credentials', 'docker-credentials', 'git-credentials'])).optional(),
 };
 /** The keys of a server that choose where its bearer token comes from; at most one per server. */
 export const TOKEN_SOURCE_KEYS = ['token_file', 'token_command', 'bootstrap'] as const;

@@ -96,7 +96,7 @@ export function renderShed(policy: Policy, shed: string, server?: string): strin
     const shownValue = DURATIONS.has(dotted) && typeof value === 'number' ? formatDuration(value) : value;
     rows.push([`${indent}${yamlKey(key)}: ${flow(shownValue)}`, originOf(origins, p)]);
   };
-  for (const section of ['ssh', 'aws', 'docker', 'approval', 'limits'] as const) emit(effective[section], [section], 0);
+  for (const section of ['ssh', 'aws', 'docker', 'git', 'approval', 'limits'] as const) emit(effective[section], [section], 0);
   const width = Math.min(60, Math.max(...rows.map(([text]) => text.length)));
   const head = server === undefined || !policy.serverScopes().includes(server)
     ? [`# shed ${shed}${server === undefined ? '' : ` of server ${server} (no servers.${server} section: the global policy)`}: ${effective.matched === 'named' ? `its own entry, ${shown.entry}` : `no entry of its own: the "*" entry`} merged over defaults`]
@@ -141,6 +141,8 @@ export interface ShedSummary {
   role: string;
   ssh: string;
   registries: string;
+  /** git.allowed in short, and how many token commands. */
+  git: string;
   approval: string;
   socket: string;
 }
@@ -154,13 +156,16 @@ export function summarizeShed(policy: Policy, shed: string, server?: string): Sh
   const hosts = e.ssh.allowed_hosts === undefined ? '' : `, ${e.ssh.allowed_hosts.length} allowed host${e.ssh.allowed_hosts.length === 1 ? '' : 's'}`;
   const ssh = e.ssh.enabled ? `${e.ssh.mode}, ${keys}${hosts}` : 'disabled';
   const registries = !e.docker.enabled ? 'disabled' : e.docker.allow_all ? `all${e.docker.registries.length ? ` (${e.docker.registries.join(',')})` : ''}` : (e.docker.registries.join(',') || '(none)');
+  const sources = Object.keys(e.git.sources).length;
+  const git = !e.git.enabled ? 'disabled' : `${e.git.allowed.join(',') || '(none)'}${sources ? ` (${sources} token command${sources === 1 ? '' : 's'})` : ''}`;
   const a = e.approval;
-  const approval = a.gate === 'none' ? 'none' : `${a.gate} ${a.policy}${a.policy === 'per-request' ? '' : ` ${formatDuration(a.ttl)}`}${a.applies_to.includes('aws-credentials') ? ' (ssh, aws)' : ''}`;
+  const guarded = a.applies_to.map((ns) => ({ 'ssh-agent': 'ssh', 'aws-credentials': 'aws', 'git-credentials': 'git' })[ns]);
+  const approval = a.gate === 'none' ? 'none' : `${a.gate} ${a.policy}${a.policy === 'per-request' ? '' : ` ${formatDuration(a.ttl)}`}${guarded.join() === 'ssh' ? '' : ` (${guarded.join(', ')})`}`;
   const direct = policy.direct;
   const socket = server !== undefined ? `shed-server ${server}` : shed === '*'
     ? (policy.server ? 'shed-server only' : '-')
     : direct.enabled ? path.join(direct.socketsDir, shed, 'bus.sock') : 'shed-server only';
-  return { shed: shed === '*' ? '"*"' : shed, role, ssh, registries, approval, socket };
+  return { shed: shed === '*' ? '"*"' : shed, role, ssh, registries, git, approval, socket };
 }
 
 /** Every shed the policy names, and `"*"` last. */

@@ -92,7 +92,7 @@ function get(value: unknown, path: KeyPath): unknown {
   return v;
 }
 
-const SECTION_HINT = new Set(['ssh', 'aws', 'docker', 'approval', 'limits']);
+const SECTION_HINT = new Set(['ssh', 'aws', 'docker', 'git', 'approval', 'limits']);
 
 function unknownKeyMessage(key: string, known: string[], topLevel: boolean): string {
   if (topLevel && SECTION_HINT.has(key)) {

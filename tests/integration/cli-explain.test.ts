@@ -2,7 +2,8 @@
  * `shed-host-agent explain` agrees with the broker: for each request, the
  * dry run's verdict (and code) is what the running broker answers the same
  * request with, over both transports, with real backends behind it (a real
- * ssh-agent, the SigV4-checking test STS, a Docker config).
+ * ssh-agent, the SigV4-checking test STS, a Docker config, the host's git
+ * with a token in its credential-store).
  */
 import { expect } from 'chai';
 import fs from 'node:fs';
@@ -12,10 +13,12 @@ import { BusClient, BusError } from '../../guest-services/bus-client.js';
 import { createAwsHandler } from '../../host-broker/aws/handler.js';
 import { explainCommand } from '../../host-broker/cli/explain-command.js';
 import { createDockerHandler } from '../../host-broker/docker/handler.js';
+import { createGitHandler } from '../../host-broker/git/handler.js';
 import { createSshHandler } from '../../host-broker/ssh/handler.js';
 import { memoryLogger } from '../../protocol/log.js';
 import { ROLE_DEV, startAwsHost, type AwsHostFixture } from '../support/aws-fixtures.js';
 import { startShedBroker } from '../support/bus-emulator.js';
+import { gitEnv, storeHostCredential } from '../support/git-http.js';
 import { startDirectBroker, type Harness } from '../support/harness.js';
 import { binCommand, run, spawnTracked, stopProcess, tempDir, waitFor } from '../support/procs.js';
 
@@ -48,7 +51,7 @@ interface Case {
   shed: string;
   namespace: string;
   operation: string;
-  flags?: { key?: string; registry?: string; host?: string; 'signing-namespace'?: string };
+  flags?: { key?: string; registry?: string; host?: string; 'signing-namespace'?: string; url?: string };
   payload?: Record<string, unknown>;
   /** Only over shed-server (a direct socket exists only for named sheds). */
   shedOnly?: boolean;
@@ -65,6 +68,7 @@ describe('explain agrees with the broker', () => {
   let config: string;
   let doc: Record<string, unknown>;
   let cases: Case[];
+  let gitHome: string;
 
   before(async () => {
     dir = tempDir('shed-ex');
@@ -82,6 +86,9 @@ describe('explain agrees with the broker', () => {
     fs.mkdirSync(dockerDir, { mode: 0o700 });
     const auth = Buffer.from('robot:not-a-real-password').toString('base64');
     fs.writeFileSync(path.join(dockerDir, 'config.json'), JSON.stringify({ auths: { 'registry.test:5000': { auth }, 'a.corp.test': { auth } } }), { mode: 0o600 });
+    gitHome = path.join(dir, 'git-home');
+    fs.mkdirSync(gitHome);
+    await storeHostCredential(gitHome, { protocol: 'https', host: 'git.test', username: 'robot', password: 'not-a-real-token' });
     doc = {
       version: 1,
       defaults: {
@@ -90,11 +97,12 @@ describe('explain agrees with the broker', () => {
         docker: { registries: ['registry.test:5000'], config_path: path.join(dockerDir, 'config.json') },
       },
       sheds: {
-        alpha: { ssh: { allowed_keys: [keyA.fp] }, aws: { role: ROLE_DEV }, docker: { registries: ['registry.test:5000', '*.corp.test'] } },
+        alpha: { ssh: { allowed_keys: [keyA.fp] }, aws: { role: ROLE_DEV }, docker: { registries: ['registry.test:5000', '*.corp.test'] }, git: { allowed: ['git.test/acme/*'] } },
         beta: { ssh: { enabled: false } },
         gamma: {
           ssh: { allowed_hosts: [{ host: 'git.example.com', key: `ssh-ed25519 ${keyB.blob}` }], signing_namespaces: ['git'] },
           docker: { enabled: false },
+          git: { enabled: false },
         },
       },
     };
@@ -119,6 +127,21 @@ describe('explain agrees with the broker', () => {
       { shed: 'alpha', namespace: 'docker-credentials', operation: 'store', expect: 'READ_ONLY' },
       { shed: 'alpha', namespace: 'docker-credentials', operation: 'frobnicate', expect: 'UNKNOWN_OPERATION' },
       { shed: 'stranger', namespace: 'aws-credentials', operation: 'get_credentials', shedOnly: true, expect: 'SHED_NOT_ALLOWED' },
+      ...([
+        ['alpha', 'https://git.test/acme/app.git', 'allowed'],
+        ['alpha', 'https://GIT.test:443/acme/app', 'allowed'],
+        ['alpha', 'https://git.test/other/app.git', 'GIT_HOST_NOT_ALLOWED'],
+        ['alpha', 'http://git.test/acme/app.git', 'GIT_HOST_NOT_ALLOWED'],
+        ['alpha', 'ssh://git.test/acme/app.git', 'GIT_HOST_NOT_ALLOWED'],
+        ['alpha', 'https://git.test/acme/../x', 'INVALID_REQUEST'],
+        ['beta', 'https://git.test/acme/app.git', 'GIT_HOST_NOT_ALLOWED'],
+        ['gamma', 'https://git.test/acme/app.git', 'NAMESPACE_DISABLED'],
+      ] as const).map(([shed, url, expect]): Case => {
+        // What git in the guest sends for that URL: protocol, host with its port, the path as written.
+        const [protocol, rest] = url.split('://') as [string, string];
+        const payload = { protocol, host: rest.slice(0, rest.indexOf('/')), path: rest.slice(rest.indexOf('/') + 1) };
+        return { shed, namespace: 'git-credentials', operation: 'get', flags: { url }, payload, expect };
+      }),
     ];
   });
 
@@ -144,6 +167,7 @@ describe('explain agrees with the broker', () => {
         createSshHandler({ log, env: {} }),
         createAwsHandler({ log, configFile: aws.configFile, credentialsFile: aws.credentialsFile }),
         createDockerHandler({ log, env: { PATH: process.env.PATH }, homedir: dir }),
+        createGitHandler({ log, env: gitEnv(gitHome) }),
       ];
       const h: Harness = kind === 'direct' ? await startDirectBroker({ policy: doc, handlers, log }) : await startShedBroker({ policy: doc, handlers, log });
       try {

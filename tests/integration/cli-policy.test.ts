@@ -10,8 +10,9 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { checkCommand, policyListCommand, policyShowCommand } from '../../host-broker/cli/policy-commands.js';
-import { probeAwsProfile, probeDockerConfig, probeDockerHelper, probeLocalKeys, probeShedServer, probeSshAgent, probeWritable, runChecks } from '../../host-broker/cli/doctor.js';
+import { probeAwsProfile, probeDockerConfig, probeDockerHelper, probeGit, probeGitHelpers, probeLocalKeys, probeShedServer, probeSshAgent, probeWritable, runChecks } from '../../host-broker/cli/doctor.js';
 import { startAwsHost } from '../support/aws-fixtures.js';
+import { gitEnv } from '../support/git-http.js';
 import { binCommand, REPO_ROOT, run, spawnTracked, stopProcess, tempDir, waitFor } from '../support/procs.js';
 
 function capture() {
@@ -65,7 +66,7 @@ describe('shed-host-agent check', () => {
   it('keeps the README\'s sheds in extensions.yaml', async () => {
     const c = capture();
     expect(await checkCommand(copyExample(path.join(REPO_ROOT, 'config-examples', 'extensions.yaml')), c.io)).to.equal(0);
-    expect(c.out()).to.match(/^my-service: aws arn:aws:iam::123456789012:role\/dev; ssh auto, every key; docker ghcr\.io; approval none; socket .*my-service\/bus\.sock$/m);
+    expect(c.out()).to.match(/^my-service: aws arn:aws:iam::123456789012:role\/dev; ssh auto, every key; docker ghcr\.io; git github\.com\/acme\/\*,gitlab\.example\.com \(1 token command\); approval none; socket .*my-service\/bus\.sock$/m);
     expect(c.out()).to.match(/^integration-tests: aws arn:aws:iam::123456789012:role\/staging-readonly; ssh disabled;/m);
   });
 
@@ -100,14 +101,14 @@ describe('shed-host-agent policy list and show', () => {
     file = copyExample(path.join(REPO_ROOT, 'config-examples', 'directory-form', 'extensions.yaml'));
   });
 
-  it('lists each shed with role, ssh, registries, approval and socket', () => {
+  it('lists each shed with role, ssh, registries, git, approval and socket', () => {
     const c = capture();
     expect(policyListCommand(file, c.io)).to.equal(0);
     const lines = c.out().trim().split('\n');
-    expect(lines[0]).to.match(/^SHED +ROLE +SSH +REGISTRIES +APPROVAL +SOCKET$/);
-    expect(lines[1]).to.match(/^payments +arn:aws:iam::123456789012:role\/payments-dev +agent-forward, 1 key, 1 allowed host +disabled +command per-request \(ssh, aws\) +\/.*\/payments\/bus\.sock$/);
-    expect(lines[2]).to.match(/^web-frontend +arn:aws:iam::123456789012:role\/web-dev +agent-forward, every key +ghcr\.io,\*\.dkr\.ecr\.us-east-1\.amazonaws\.com +none +\/.*\/web-frontend\/bus\.sock$/);
-    expect(lines[3]).to.match(/^"\*" +disabled +agent-forward, every key +disabled +none +shed-server only$/);
+    expect(lines[0]).to.match(/^SHED +ROLE +SSH +REGISTRIES +GIT +APPROVAL +SOCKET$/);
+    expect(lines[1]).to.match(/^payments +arn:aws:iam::123456789012:role\/payments-dev +agent-forward, 1 key, 1 allowed host +disabled +\(none\) +command per-request \(ssh, aws\) +\/.*\/payments\/bus\.sock$/);
+    expect(lines[2]).to.match(/^web-frontend +arn:aws:iam::123456789012:role\/web-dev +agent-forward, every key +ghcr\.io,\*\.dkr\.ecr\.us-east-1\.amazonaws\.com +\(none\) +none +\/.*\/web-frontend\/bus\.sock$/);
+    expect(lines[3]).to.match(/^"\*" +disabled +agent-forward, every key +disabled +\(none\) +none +shed-server only$/);
   });
 
   it('shows the merged policy with each value\'s origin, from sheds.d too', () => {
@@ -163,7 +164,7 @@ describe('shed-host-agent with servers (real CLI processes)', () => {
     const c = capture();
     expect(await checkCommand(file, c.io)).to.equal(0);
     expect(c.out()).to.match(/: ok, 1 named shed and "\*"; shed-server https:\/\/mini\.local:8443 and shed-server mini2 https:\/\/mini2\.local:8443 and the servers of .*\.shed\/config\.yaml \(all\)$/m);
-    expect(c.out()).to.match(/^web of server mini2: aws arn:aws:iam::123456789012:role\/mini2-dev; ssh agent-forward, every key; docker ghcr\.io,us-central1-docker\.pkg\.dev; approval none$/m);
+    expect(c.out()).to.match(/^web of server mini2: aws arn:aws:iam::123456789012:role\/mini2-dev; ssh agent-forward, every key; docker ghcr\.io,us-central1-docker\.pkg\.dev; git \(none\); approval none$/m);
     expect(c.out()).to.match(/^"\*" of server mini2: aws arn:aws:iam::123456789012:role\/mini2-dev; ssh disabled;/m);
     const [cmd, args] = binCommand('shed-host-agent', ['check', '--json', '--config', file]);
     const res = await run(cmd, args);
@@ -301,6 +302,43 @@ describe('shed-host-agent doctor', () => {
     expect(probeWritable('audit log', path.join(dir, 'logs', 'audit.log'), 'file').detail).to.match(/will be created/);
     fs.writeFileSync(path.join(dir, 'file'), '');
     expect(probeWritable('sockets dir', path.join(dir, 'file'), 'dir').status).to.equal('fail');
+  });
+
+  it('git: runs, its credential helpers (listed, never asked), each source command (found, never run), plain http off loopback', async () => {
+    const home = tempDir('shed-dr');
+    const bin = path.join(home, 'bin');
+    fs.mkdirSync(bin);
+    const tokenCommand = path.join(bin, 'print-token');
+    fs.writeFileSync(tokenCommand, `#!/bin/sh\ntouch '${path.join(home, 'ran')}'\necho tok\n`, { mode: 0o755 });
+    const env = gitEnv(home);
+    expect(await probeGit(env)).to.deep.include({ name: 'git', status: 'ok' });
+    expect((await probeGit({ ...env, PATH: bin })).status).to.equal('fail');
+    const none = await probeGitHelpers(env);
+    expect(none).to.deep.include({ status: 'warn' });
+    expect(none.fix).to.include('git config --global credential.helper');
+    await run('git', ['config', '--global', 'credential.helper', 'store'], { env });
+    await run('git', ['config', '--global', 'credential.https://git.example.com.helper', '!gh auth git-credential'], { env });
+    expect(await probeGitHelpers(env)).to.deep.include({ status: 'ok', detail: 'git credential fill asks store; https://git.example.com !gh auth git-credential' });
+
+    const file = path.join(home, 'extensions.yaml');
+    fs.writeFileSync(file, [
+      'version: 1',
+      `direct: { sockets_dir: ${path.join(home, 'socks')} }`,
+      `audit: { dir: ${path.join(home, 'audit')} }`,
+      'defaults: { ssh: { enabled: false }, aws: { enabled: false } }',
+      'sheds:',
+      '  alpha:',
+      '    git:',
+      '      allowed: [github.com/acme/*, "http://git.lan:3000", "http://127.0.0.1:3000"]',
+      `      sources: { github.com: { command: [${tokenCommand}] }, git.lan:3000: { command: [no-such-token-program] } }`,
+      '',
+    ].join('\n'), { mode: 0o600 });
+    const checks = await runChecks(file, { env: { ...env, PATH: `${bin}:/usr/bin:/bin` }, home, timeoutMs: 5000 });
+    expect(checks.map((c) => `${c.name}:${c.status}`)).to.deep.equal([
+      'policy:ok', 'git:ok', 'git credential helpers:ok', 'git source github.com:ok', 'git source git.lan:3000:fail', 'git plain http:warn', 'sockets dir:ok', 'audit log:ok', 'approval gates:ok',
+    ]);
+    expect(checks.find((c) => c.name === 'git plain http')!.detail).to.equal('git.allowed names http://git.lan:3000 over plain http: their tokens cross the network unencrypted');
+    expect(fs.existsSync(path.join(home, 'ran')), 'a source command was run').to.equal(false);
   });
 
   it('runs every check the policy calls for, one line each, and exits 1 on a failure', async () => {

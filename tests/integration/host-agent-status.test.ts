@@ -18,7 +18,7 @@ import { statusAnswer } from '../../host-broker/status/snapshot.js';
 import { ShedServerEmulator, startShedBroker } from '../support/bus-emulator.js';
 import { binCommand, capture, run, spawnTracked, stopProcess, tempDir, waitFor } from '../support/procs.js';
 
-const NAMESPACES = ['ssh-agent', 'aws-credentials', 'docker-credentials'];
+const NAMESPACES = ['ssh-agent', 'aws-credentials', 'docker-credentials', 'git-credentials'];
 
 function statusSocketOf(home: string): string {
   return path.join(home, '.local/state/shed', STATUS_SOCKET_NAME);

@@ -25,9 +25,9 @@ const NODE_DIR = path.dirname(NODE);
 /** A guest's environment: no NODE_OPTIONS (no tsx), no NODE_PATH, nothing of this checkout. */
 const BARE_ENV = { PATH: `${NODE_DIR}:/usr/bin:/bin`, HOME: '/nonexistent', LANG: 'C.UTF-8' };
 
-const UNITS = ['shed-ext-ssh-agent.service', 'shed-ext-aws-token.service', 'shed-ext-aws-credentials.service', 'shed-ext-docker-credentials.service'];
-/** The units that share /run/shed-extensions (the docker check needs no runtime directory). */
-const RUNTIME_UNITS = UNITS.filter((u) => u !== 'shed-ext-docker-credentials.service');
+const UNITS = ['shed-ext-ssh-agent.service', 'shed-ext-aws-token.service', 'shed-ext-aws-credentials.service', 'shed-ext-docker-credentials.service', 'shed-ext-git-credentials.service'];
+/** The units that share /run/shed-extensions (the docker and git checks need no runtime directory). */
+const RUNTIME_UNITS = UNITS.filter((u) => u !== 'shed-ext-docker-credentials.service' && u !== 'shed-ext-git-credentials.service');
 
 interface Node {
   type: 'dir' | 'file' | 'link';
@@ -154,10 +154,10 @@ describe('guest packaging', function () {
     it('twice into the same root gives the same tree, byte for byte, same modes, nothing rewritten', async () => {
       const root = path.join(tempDir('shed-root'), 'image');
       const first = await install(root);
-      expect(first.stdout).to.match(/: 37 created, 0 updated, 0 unchanged\n/);
+      expect(first.stdout).to.match(/: 45 created, 0 updated, 0 unchanged\n/);
       const before = snapshot(root, true);
       const second = await install(root);
-      expect(second.stdout).to.match(/: 0 created, 0 updated, 37 unchanged\n/);
+      expect(second.stdout).to.match(/: 0 created, 0 updated, 45 unchanged\n/);
       expect(snapshot(root, true)).to.deep.equal(before);
 
       // A fresh root gets the very same tree, and so does the CLI run from source with --from.
@@ -203,7 +203,7 @@ describe('guest packaging', function () {
       fs.chmodSync(path.join(root, 'usr/local/bin/shed-ext'), 0o777);
       fs.rmSync(path.join(root, 'etc/systemd/system/multi-user.target.wants/shed-ext-aws-token.service'));
       const r = await install(root);
-      expect(r.stdout).to.match(/: 1 created, 2 updated, 34 unchanged\n/);
+      expect(r.stdout).to.match(/: 1 created, 2 updated, 42 unchanged\n/);
       expect(snapshot(root)).to.deep.equal(pristine);
     });
 
@@ -278,6 +278,9 @@ describe('guest packaging', function () {
       // The docker helper's unit only checks, once per boot, that the helper runs; it stays active for shed-agent.
       expect(unit('shed-ext-docker-credentials.service')).to.match(/^Type=oneshot$/m).and.match(/^RemainAfterExit=yes$/m)
         .and.match(/^ExecStart=\/usr\/local\/bin\/docker-credential-shed version$/m).and.match(/^PrivateNetwork=yes$/m);
+      // So does the git helper's.
+      expect(unit('shed-ext-git-credentials.service')).to.match(/^Type=oneshot$/m).and.match(/^RemainAfterExit=yes$/m)
+        .and.match(/^ExecStart=\/usr\/local\/bin\/git-credential-shed version$/m).and.match(/^PrivateNetwork=yes$/m);
       for (const name of ['shed-ext-ssh-agent.service', 'shed-ext-aws-credentials.service']) {
         expect(unit(name)).to.match(/^Restart=always$/m).and.match(/^After=shed-agent\.service/m).and.match(/^Wants=shed-agent\.service$/m)
           .and.match(/^RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6$/m);
@@ -309,6 +312,7 @@ describe('guest packaging', function () {
       'ssh-agent': 'shed-ext-ssh-agent.service',
       'aws-credentials': 'shed-ext-aws-credentials.service',
       'docker-credentials': 'shed-ext-docker-credentials.service',
+      'git-credentials': 'shed-ext-git-credentials.service',
     };
 
     it('install-guest (bundled and from source) writes one per namespace that shed-agent accepts and enables, with nothing to warn about', async () => {

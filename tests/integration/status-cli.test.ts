@@ -68,8 +68,12 @@ function policy(agentSock: string, dockerConfig: string): Record<string, unknown
     version: 1,
     defaults: { ssh: { mode: 'agent-forward', agent_socket: agentSock }, docker: { config_path: dockerConfig } },
     sheds: {
-      dev: { aws: { role: ROLE }, docker: { registries: ['ghcr.io', 'registry.example.test'] } },
-      quiet: { ssh: { enabled: false }, aws: { enabled: false }, docker: { enabled: false } },
+      dev: {
+        aws: { role: ROLE },
+        docker: { registries: ['ghcr.io', 'registry.example.test'] },
+        git: { allowed: ['github.com/acme/*', 'gitlab.example.com'], sources: { 'github.com': { command: ['gh', 'auth', 'token'] } } },
+      },
+      quiet: { ssh: { enabled: false }, aws: { enabled: false }, docker: { enabled: false }, git: { enabled: false } },
       bare: { ssh: { agent_socket: `${agentSock}.gone` }, docker: { config_path: `${dockerConfig}.gone` } },
     },
   };
@@ -108,7 +112,8 @@ describe('shed-ext status', function () {
         expect(r.stdout).to.equal(
           'ssh-agent: ✓ connected (agent-forward mode, 2 keys available)\n'
           + `aws-credentials: ✓ connected (role ${ROLE}, not cached yet)\n`
-          + 'docker-credentials: ✓ connected (2 registries)\n',
+          + 'docker-credentials: ✓ connected (2 registries)\n'
+          + 'git-credentials: ✓ connected (2 allowed hosts or repositories, 1 token command)\n',
         );
         expect(r.code).to.equal(0);
       });
@@ -119,11 +124,12 @@ describe('shed-ext status', function () {
         const report = JSON.parse(r.stdout);
         expect(report).to.include({ ok: true, publish_url: h.publishUrl('dev') });
         expect(report.namespaces.map((n: { namespace: string; state: string }) => [n.namespace, n.state])).to.deep.equal([
-          ['ssh-agent', 'connected'], ['aws-credentials', 'connected'], ['docker-credentials', 'connected'],
+          ['ssh-agent', 'connected'], ['aws-credentials', 'connected'], ['docker-credentials', 'connected'], ['git-credentials', 'connected'],
         ]);
         expect(report.namespaces[0].status).to.include({ connected: true, mode: 'agent-forward', key_count: 2 });
         expect(report.namespaces[1].status).to.deep.equal({ connected: true, role: ROLE, cached_until: null });
         expect(report.namespaces[2].status).to.include({ connected: true, allow_all: false, registry_count: 2 });
+        expect(report.namespaces[3].status).to.deep.equal({ connected: true, allowed_count: 2, source_count: 1 });
         expect(r.stdout).not.to.include(REGISTRY_SECRET);
         expect(r.stdout).not.to.include(Buffer.from(`alice:${REGISTRY_SECRET}`).toString('base64'));
       });
@@ -135,6 +141,7 @@ describe('shed-ext status', function () {
         expect(lines[1]).to.equal('aws-credentials: ✓ connected (no role assigned to this shed by the host policy)');
         expect(lines[2]).to.equal('docker-credentials: ✗ unavailable (the host has no Docker config to read registry credentials from: '
           + 'run `docker login <registry>` on the host)');
+        expect(lines[3]).to.equal('git-credentials: ✓ connected (no git hosts allowed for this shed by the host policy)');
         expect(r.code).to.equal(1);
       });
 
@@ -144,6 +151,7 @@ describe('shed-ext status', function () {
           'ssh-agent: - disabled (the host refused ssh-agent status: ssh-agent is disabled for shed quiet by the host policy (NAMESPACE_DISABLED))',
           'aws-credentials: - disabled (the host refused aws-credentials status: aws-credentials is disabled for shed quiet by the host policy (NAMESPACE_DISABLED))',
           'docker-credentials: - disabled (the host refused docker-credentials status: docker-credentials is disabled for shed quiet by the host policy (NAMESPACE_DISABLED))',
+          'git-credentials: - disabled (the host refused git-credentials status: git-credentials is disabled for shed quiet by the host policy (NAMESPACE_DISABLED))',
         ]);
         expect(r.code).to.equal(0);
       });
@@ -154,7 +162,7 @@ describe('shed-ext status', function () {
         const r = kind === 'direct' ? await shedExtProcess(['status', '--publish-url', url]) : await shedExt(['status', '--publish-url', url]);
         expect(r.code).to.equal(1);
         const lines = r.stdout.split('\n').filter(Boolean);
-        expect(lines).to.have.length(3);
+        expect(lines).to.have.length(4);
         for (const line of lines) expect(line).to.match(/^[a-z-]+: ✗ not connected \(.+shed-(host-)?agent.+\)$/);
         // 2 s per namespace, all at once: never 6 s (a process start included).
         expect(r.ms).to.be.below(5500);
@@ -175,7 +183,7 @@ describe('shed-ext status', function () {
         expect(audit.lastError).to.match(/EEXIST|ENOTDIR/);
         const r = await shedExt(['status', '--publish-url', h.publishUrl('dev')]);
         const lines = r.stdout.split('\n').filter(Boolean);
-        expect(lines).to.have.length(3);
+        expect(lines).to.have.length(4);
         for (const line of lines) expect(line).to.match(/✓ connected \(.*warning: the host cannot write its audit log; see the shed-host-agent log on the host\)$/);
         expect(r.stdout).not.to.match(/EEXIST|ENOTDIR|not-a-dir/);
       } finally {
@@ -198,7 +206,7 @@ describe('shed-ext status', function () {
       const r = await shedExt(['status', '--publish-url', h.publishUrl('stranger')]);
       expect(r.code).to.equal(1);
       const lines = r.stdout.split('\n').filter(Boolean);
-      expect(lines).to.have.length(3);
+      expect(lines).to.have.length(4);
       for (const line of lines) {
         expect(line).to.match(/^[a-z-]+: ✗ refused \(.*SHED_NOT_ALLOWED.*add this shed \(or a "\*" entry\) to the host policy/);
       }
@@ -211,7 +219,7 @@ describe('shed-ext status', function () {
         const r = await shedExt(['status', '--publish-url', url]);
         expect(r.code).to.equal(1);
         const lines = r.stdout.split('\n').filter(Boolean);
-        expect(lines).to.have.length(3);
+        expect(lines).to.have.length(4);
         for (const line of lines) expect(line).to.match(/✗ not connected \(.*NO_CONNECTION.*check that shed-server is running/);
       } finally {
         h.server.connectShed('dev');
@@ -224,7 +232,7 @@ describe('shed-ext status', function () {
       const sock = path.join(tempDir('shed-st'), 'gone.sock');
       const r = await shedExt(['status', '--publish-url', `unix:${sock}`]);
       expect(r.code).to.equal(1);
-      expect(r.stdout.split('\n').filter(Boolean)).to.deep.equal(['ssh-agent', 'aws-credentials', 'docker-credentials'].map((ns) =>
+      expect(r.stdout.split('\n').filter(Boolean)).to.deep.equal(['ssh-agent', 'aws-credentials', 'docker-credentials', 'git-credentials'].map((ns) =>
         `${ns}: ✗ not connected (cannot reach the broker socket ${sock} (ENOENT); check that shed-host-agent is running with this shed in its policy and that its socket is mounted here)`));
     });
 
@@ -237,10 +245,10 @@ describe('shed-ext status', function () {
         const r = await shedExt(['status', '--publish-url', `unix:${sock}`]);
         expect(r.code).to.equal(1);
         const lines = r.stdout.split('\n').filter(Boolean);
-        expect(lines).to.deep.equal(['ssh-agent', 'aws-credentials', 'docker-credentials'].map((ns) =>
+        expect(lines).to.deep.equal(['ssh-agent', 'aws-credentials', 'docker-credentials', 'git-credentials'].map((ns) =>
           `${ns}: ✗ not connected (no answer on ${ns} within 2 s: shed-host-agent may not be running; `
           + 'start it on the host with `shed-host-agent run --config ~/.config/shed/extensions.yaml`)'));
-        expect(held.length).to.equal(3);
+        expect(held.length).to.equal(4);
         expect(r.ms).to.be.within(1900, 3500);
       } finally {
         for (const s of held) s.destroy();

@@ -401,3 +401,70 @@ export function percentile(samples: number[], p: number): number {
   const s = [...samples].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor(p * s.length))] ?? NaN;
 }
+
+/**
+ * A git-credentials payload as a hostile guest might publish it: every
+ * field missing, of the wrong type, huge, with control characters, dot
+ * segments, odd protocols and hosts, prototype keys; and requests that
+ * look right (for `allowedHost`, under `acme/`), which the policy may serve.
+ */
+export function gitCredentialPayload(r: Rand, allowedHost: string): Record<string, unknown> {
+  const text = () => (r() < 0.5 ? nastyText(r) : randomJson(r));
+  const host = () => pick(r, [
+    () => allowedHost,
+    () => allowedHost.toUpperCase(),
+    () => `${allowedHost}:443`,
+    () => `user:pw@${allowedHost}`,
+    () => `${allowedHost}.evil.example`,
+    () => `evil.example/${allowedHost}`,
+    () => '[::1]:99999',
+    () => `${'a'.repeat(63)}.`.repeat(5),
+    () => 'h'.repeat(int(r, 300_000)),
+    () => text(),
+  ])();
+  const gitPath = () => pick(r, [
+    () => `acme/app${int(r, 100)}.git`,
+    () => 'acme/../other/secret.git',
+    () => 'acme/./app.git',
+    () => 'acme/%2e%2e/x',
+    () => `acme/${'x/'.repeat(int(r, 3000))}`,
+    () => 'acme\\..\\x',
+    () => 'acme/\0/x',
+    () => `acme/\x1b[2J\n${nastyText(r)}`,
+    () => undefined,
+    () => text(),
+  ])();
+  const payload: Record<string, unknown> = { operation: r() < 0.9 ? 'get' : pick(r, ['store', 'erase', 'fill', 'status', nastyText(r), randomJson(r)]) };
+  if (r() < 0.9) payload.protocol = r() < 0.8 ? pick(r, ['https', 'http', 'HTTPS', 'ssh', 'file', 'ext', 'cert', '']) : text();
+  if (r() < 0.9) payload.host = host();
+  if (r() < 0.8) payload.path = gitPath();
+  for (let i = int(r, 3); i > 0; i--) payload[pick(r, ['__proto__', 'constructor', 'username', 'password', 'url', nastyText(r).slice(0, 20)])] = randomJson(r);
+  return payload;
+}
+
+/** Input for a guest's git-credential-shed as something hostile (or broken) might write it to its stdin. */
+export function gitHelperInput(r: Rand, allowedHost: string): Buffer {
+  const line = () => pick(r, [
+    () => 'protocol=https',
+    () => `host=${allowedHost}`,
+    () => `path=acme/app${int(r, 10)}.git`,
+    () => 'path=acme/../other/secret.git',
+    () => `protocol=${nastyText(r).replace(/\n/g, '')}`,
+    () => `host=${nastyText(r).replace(/\n/g, '')}`,
+    () => 'capability[]=authtype',
+    () => `wwwauth[]=Basic realm="${nastyText(r).replace(/\n/g, '')}"`,
+    () => 'no equals sign here',
+    () => '=value-without-key',
+    () => `username=${'u'.repeat(int(r, 5000))}`,
+    () => '',
+  ])();
+  return pick(r, [
+    () => Buffer.from(`${Array.from({ length: 1 + int(r, 8) }, line).join(pick(r, ['\n', '\r\n']))}${pick(r, ['\n\n', '\n', ''])}`),
+    () => Buffer.from(`protocol=https\nhost=${allowedHost}\npath=acme/app.git\n\n`),
+    () => Buffer.from(Array.from({ length: int(r, 4096) }, () => int(r, 256))),
+    () => Buffer.concat([Buffer.from(`protocol=https\nhost=${allowedHost}\npath=`), Buffer.from([0xff, 0xfe, 0x00, 0xc3]), Buffer.from('\n\n')]),
+    () => Buffer.from(`protocol=https\nhost=${allowedHost}\npath=${'p'.repeat(70_000 + int(r, 2_000_000))}\n\n`),
+    () => Buffer.from('x=y\n'.repeat(int(r, 50_000))),
+    () => Buffer.alloc(0),
+  ])();
+}

@@ -193,7 +193,7 @@ describe('policy: the sheds.d directory', () => {
     });
     const problems = problemsOf(file).join('\n');
     expect(problems).to.match(/sheds\.d\/Not_A_Shed\.yaml: "Not_A_Shed" is not a shed name/);
-    expect(problems).to.match(/sheds\.d\/delta\.yaml:1:1: sheds\.delta\.version: unknown key "version"; allowed here: ssh, aws, docker, approval, limits/);
+    expect(problems).to.match(/sheds\.d\/delta\.yaml:1:1: sheds\.delta\.version: unknown key "version"; allowed here: ssh, aws, docker, git, approval, limits/);
   });
 });
 
