@@ -120,7 +120,7 @@ describe('git-credential-shed (helper protocol, against the real git-credentials
     }
   });
 
-  it('bundles to one file that pulls in only the bus client (and its HTTP/1.1 client) and zod/mini, and runs', async function () {
+  it('bundles to one file that pulls in only the bus client (with its HTTP/1.1 client and guest.env reader) and zod/mini, and runs', async function () {
     this.timeout(20_000);
     const { file, inputs } = await bundleGitCredentialShed();
     const own = inputs.filter((i) => !i.startsWith('node_modules/'));
@@ -128,6 +128,8 @@ describe('git-credential-shed (helper protocol, against the real git-credentials
       'guest-services/bus-client.ts',
       'guest-services/git-credential/helper.ts',
       'guest-services/git-credential/main.ts',
+      // The publish URL's fallback, /etc/shed-extensions/guest.env (the bus client reads it).
+      'guest-services/guest-env.ts',
       'guest-services/http1.ts',
       'protocol/compiled.ts',
       'protocol/envelope.ts',
