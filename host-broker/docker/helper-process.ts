@@ -5,16 +5,14 @@
  * is killed. Its stderr goes to the host log only; its stdout may hold a
  * secret and is never logged.
  */
-import { spawn } from 'node:child_process';
 import { CREDENTIALS_NOT_FOUND_TEXT } from '../../protocol/docker-credentials.js';
 import type { Logger } from '../../protocol/log.js';
 import { BrokerError } from '../handler.js';
+import { ProgramError, runProgram, type ProgramResult } from '../host-program.js';
 
 export const HELPER_TIMEOUT_MS = 5000;
 /** More than any real helper prints; a helper that floods is cut off. */
 const MAX_OUTPUT_BYTES = 1024 * 1024;
-/** After the helper exits, how long to wait for its pipes (a daemon it started may hold them). */
-const PIPE_GRACE_MS = 250;
 
 export interface HelperOptions {
   env: NodeJS.ProcessEnv;
@@ -27,6 +25,7 @@ interface HelperRun {
   code: number | null;
   signal: NodeJS.Signals | null;
   stdout: string;
+  /** Its last 4096 characters. */
   stderr: string;
 }
 
@@ -45,89 +44,39 @@ function helperFailed(command: string, why: string, detail: string): BrokerError
 }
 
 /** Run `docker-credential-<helper> <action>` with `input` on stdin. Throws BrokerError HELPER_FAILED when it cannot run or does not finish. */
-export function runHelper(helper: string, action: 'get' | 'list', input: string, options: HelperOptions): Promise<HelperRun> {
+export async function runHelper(helper: string, action: 'get' | 'list', input: string, options: HelperOptions): Promise<HelperRun> {
   const command = helperCommand(helper);
   const timeoutMs = options.timeoutMs ?? HELPER_TIMEOUT_MS;
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, [action], {
-      env: options.env,
-      stdio: ['pipe', 'pipe', 'pipe'],
-      // Its own process group, so a timeout kills what a helper script started too.
-      detached: true,
-      shell: false,
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let outBytes = 0;
-    let settled = false;
-    let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-    let failure: BrokerError | undefined;
-    let graceTimer: NodeJS.Timeout | undefined;
+  let run: ProgramResult;
+  try {
+    run = await runProgram([command, action], { env: options.env, input, timeoutMs, maxOutputBytes: MAX_OUTPUT_BYTES, signal: options.signal });
+  } catch (err) {
+    if (!(err instanceof ProgramError)) throw err;
+    throw helperError(command, action, err, timeoutMs, options);
+  }
+  if (run.stderr.trim()) options.log.warn(`${command} ${action} wrote on stderr: ${oneLine(run.stderr)}`);
+  return { code: run.code, signal: run.signal, stdout: run.stdout, stderr: run.stderr };
+}
 
-    const killGroup = () => {
-      try {
-        if (child.pid) process.kill(-child.pid, 'SIGKILL');
-      } catch {
-        child.kill('SIGKILL');
-      }
-    };
-    const finish = () => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      clearTimeout(graceTimer);
-      options.signal?.removeEventListener('abort', onAbort);
-      child.stdout?.destroy();
-      child.stderr?.destroy();
-      const stderr = Buffer.concat(err).toString('utf8');
-      if (stderr.trim()) options.log.warn(`${command} ${action} wrote on stderr: ${oneLine(stderr)}`);
-      if (failure) return reject(failure);
-      if (!exit) return reject(helperFailed(command, 'ended without an exit status', `${command}: no exit status`));
-      resolve({ ...exit, stdout: Buffer.concat(out).toString('utf8'), stderr });
-    };
-    const fail = (error: BrokerError) => {
-      failure ??= error;
-      killGroup();
-      // The exit (or close) event finishes; the grace timer covers a child that never reports.
-      graceTimer ??= setTimeout(finish, PIPE_GRACE_MS);
-    };
-    const onAbort = () => fail(new BrokerError('INTERNAL_ERROR', 'shed-host-agent is stopping; retry once it is back', { result: 'error', detail: `${command}: aborted` }));
-
-    const timer = setTimeout(() => {
+/** What the guest and the host log are told when a helper could not run or finish. */
+function helperError(command: string, action: string, err: ProgramError, timeoutMs: number, options: HelperOptions): BrokerError {
+  switch (err.kind) {
+    case 'not-found':
+      options.log.warn(`${command} is not on shed-host-agent's PATH (${options.env.PATH ?? ''})`);
+      return helperFailed(command, 'is not installed on the host (not on shed-host-agent\'s PATH)', `${command}: not found`);
+    case 'cannot-start':
+      options.log.warn(`${command} could not start: ${err.errno ?? err.message}`);
+      return helperFailed(command, `could not start (${err.errno ?? 'error'})`, `${command}: ${err.errno ?? 'spawn failed'}`);
+    case 'timeout':
       options.log.warn(`${command} ${action} did not finish within ${timeoutMs} ms; killed it`);
-      fail(helperFailed(command, `did not answer within ${timeoutMs / 1000} s and was stopped (is it waiting for an unlock or a prompt?)`, `${command}: timed out`));
-    }, timeoutMs);
-    options.signal?.addEventListener('abort', onAbort, { once: true });
-
-    child.stdout!.on('data', (chunk: Buffer) => {
-      outBytes += chunk.length;
-      if (outBytes > MAX_OUTPUT_BYTES) {
-        fail(helperFailed(command, 'printed more than 1 MiB', `${command}: output too large`));
-        return;
-      }
-      out.push(chunk);
-    });
-    child.stderr!.on('data', (chunk: Buffer) => {
-      if (err.reduce((n, b) => n + b.length, 0) < 64 * 1024) err.push(chunk);
-    });
-    child.once('error', (error: NodeJS.ErrnoException) => {
-      if (error.code === 'ENOENT') {
-        options.log.warn(`${command} is not on shed-host-agent's PATH (${options.env.PATH ?? ''})`);
-        failure ??= helperFailed(command, 'is not installed on the host (not on shed-host-agent\'s PATH)', `${command}: not found`);
-      } else {
-        options.log.warn(`${command} could not start: ${error.code ?? error.message}`);
-        failure ??= helperFailed(command, `could not start (${error.code ?? 'error'})`, `${command}: ${error.code ?? 'spawn failed'}`);
-      }
-      finish();
-    });
-    child.once('exit', (code, signal) => {
-      exit = { code, signal };
-      graceTimer ??= setTimeout(finish, PIPE_GRACE_MS);
-    });
-    child.once('close', finish);
-    child.stdin!.on('error', () => undefined);
-    child.stdin!.end(input);
-  });
+      return helperFailed(command, `did not answer within ${timeoutMs / 1000} s and was stopped (is it waiting for an unlock or a prompt?)`, `${command}: timed out`);
+    case 'too-much-output':
+      return helperFailed(command, 'printed more than 1 MiB', `${command}: output too large`);
+    case 'aborted':
+      return new BrokerError('INTERNAL_ERROR', 'shed-host-agent is stopping; retry once it is back', { result: 'error', detail: `${command}: aborted` });
+    case 'no-exit':
+      return helperFailed(command, 'ended without an exit status', `${command}: no exit status`);
+  }
 }
 
 export type HelperAnswer = { found: true; username: string; secret: string } | { found: false };
