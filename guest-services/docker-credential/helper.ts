@@ -16,18 +16,18 @@
  *   stderr. Anything else (host unreachable, deadline) is a hard failure:
  *   the error on stdout, what to do on stderr.
  */
-import fs from 'node:fs';
 import { BusClient, BusError, DEFAULT_PUBLISH_URL, publishUrlFromEnv } from '../bus-client.js';
 import { GUEST_ENV_FILE } from '../guest-env.js';
 import { CREDENTIALS_NOT_FOUND_TEXT, DockerGetResponse, DockerListResponse } from '../../protocol/docker-credentials.js';
 import { VERSION } from '../../protocol/version.js';
+import type { HelperIO } from '../one-shot.js';
 
 export const PROGRAM = 'docker-credential-shed';
 export const NAMESPACE = 'docker-credentials';
 /** PROTOCOL.md: the docker helper's deadline. */
 export const DEADLINE_MS = 5000;
 /** A server URL is short; anything longer than this on stdin is not one. */
-const MAX_STDIN_BYTES = 64 * 1024;
+export const MAX_STDIN_BYTES = 64 * 1024;
 
 /** Host answers that mean "no credentials for you here": the client should go anonymous. */
 const NOT_FOUND_CODES = new Set(['CREDENTIALS_NOT_FOUND', 'REGISTRY_NOT_ALLOWED', 'NAMESPACE_DISABLED', 'SHED_NOT_ALLOWED']);
@@ -53,15 +53,7 @@ Environment:
                     shed-host-agent direct socket
 `;
 
-export interface HelperIO {
-  /** The whole of stdin (called only by `get`). */
-  readStdin(): Promise<string>;
-  /** stdin is a terminal (a person typing): store and erase then do not wait for it. */
-  stdinIsTTY?: boolean;
-  stdout(text: string): void;
-  stderr(text: string): void;
-  env: Record<string, string | undefined>;
-}
+export type { HelperIO };
 
 function oneLine(text: string): string {
   return text.replace(/\s*\n\s*/g, ' ');
@@ -193,44 +185,4 @@ function malformed(io: HelperIO, operation: string): number {
   io.stdout(`the host answered ${operation} with a payload this helper does not understand\n`);
   io.stderr(`${PROGRAM}: the host's docker-credentials answer to ${operation} does not match the protocol; check that shed-host-agent and this guest are the same version\n`);
   return 1;
-}
-
-/**
- * All of stdin (at most `max` bytes), read straight from fd 0: setting up
- * `process.stdin` costs a one-shot helper more than the read itself. Falls
- * back to the stream when fd 0 is non-blocking (EAGAIN).
- */
-export async function readStdin(max = MAX_STDIN_BYTES + 1): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  try {
-    const buf = Buffer.alloc(16 * 1024);
-    for (;;) {
-      const n = fs.readSync(0, buf, 0, buf.length, null);
-      if (n === 0) break;
-      if (size < max) chunks.push(Buffer.from(buf.subarray(0, n)));
-      size += n;
-    }
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EOF') return Buffer.concat(chunks).subarray(0, max).toString('utf8');
-    if (code !== 'EAGAIN' || size > 0) throw err;
-    return readAll(process.stdin, max);
-  }
-  return Buffer.concat(chunks).subarray(0, max).toString('utf8');
-}
-
-/** Read all of a stream as UTF-8, at most `max` bytes (the rest is drained). */
-export function readAll(stream: NodeJS.ReadableStream, max = MAX_STDIN_BYTES + 1): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    stream.on('data', (chunk: Buffer | string) => {
-      const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-      if (size < max) chunks.push(buf);
-      size += buf.length;
-    });
-    stream.once('end', () => resolve(Buffer.concat(chunks).subarray(0, max).toString('utf8')));
-    stream.once('error', reject);
-  });
 }

@@ -21,6 +21,7 @@
 import { BusClient, BusError, DEFAULT_PUBLISH_URL, publishUrlFromEnv } from '../bus-client.js';
 import { GitGetResponse, isCredentialValue, MAX_GIT_HOST_LENGTH, MAX_GIT_PATH_LENGTH } from '../../protocol/git-credentials.js';
 import { VERSION } from '../../protocol/version.js';
+import type { HelperIO } from '../one-shot.js';
 
 export const PROGRAM = 'git-credential-shed';
 export const NAMESPACE = 'git-credentials';
@@ -54,15 +55,7 @@ Environment:
                     unix:/path/to.sock for a shed-host-agent direct socket
 `;
 
-export interface HelperIO {
-  /** The whole of stdin, at most a little over MAX_STDIN_BYTES. */
-  readStdin(): Promise<string>;
-  /** stdin is a terminal (a person typing): store and erase then do not wait for it. */
-  stdinIsTTY?: boolean;
-  stdout(text: string): void;
-  stderr(text: string): void;
-  env: Record<string, string | undefined>;
-}
+export type { HelperIO };
 
 /** What git asked for. */
 export interface CredentialQuery {

@@ -151,6 +151,8 @@ describe('docker-credential-shed (helper protocol)', () => {
       'guest-services/docker-credential/main.ts',
       'guest-services/guest-env.ts',
       'guest-services/http1.ts',
+      // The I/O and run the one-shot helpers share.
+      'guest-services/one-shot.ts',
       'protocol/compiled.ts',
       'protocol/docker-credentials.ts',
       'protocol/envelope.ts',

@@ -131,6 +131,8 @@ describe('git-credential-shed (helper protocol, against the real git-credentials
       // The publish URL's fallback, /etc/shed-extensions/guest.env (the bus client reads it).
       'guest-services/guest-env.ts',
       'guest-services/http1.ts',
+      // The I/O and run the one-shot helpers share.
+      'guest-services/one-shot.ts',
       'protocol/compiled.ts',
       'protocol/envelope.ts',
       'protocol/git-credentials.ts',
