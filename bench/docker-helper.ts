@@ -9,16 +9,15 @@
  *
  * Prints the figures and replaces the `docker-helper` section of bench/RESULTS.md.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { createDockerHandler } from '../host-broker/docker/handler.js';
 import { memoryLogger } from '../protocol/log.js';
 import { startDirectBroker } from '../tests/support/harness.js';
 import { stopAll, tempDir } from '../tests/support/procs.js';
 import { bundleDockerCredentialShed } from '../tests/support/registry.js';
+import { fmt, ProcessTimer, stats, type Sample } from './process-timing.js';
 import { writeSection } from './results.js';
 
 const RUNS = Number(process.argv[2] ?? 40);
@@ -26,51 +25,9 @@ const WARMUP = 5;
 const TARGET_MS = 40;
 const REGISTRY = 'registry.bench.test:5000';
 
-/**
- * A preload that reports the process's own CPU time (user + system) on stderr
- * at exit: on a shared machine wall time swings with other load, CPU time much less.
- */
-const CPU_PRELOAD = `process.on('exit', () => { const u = process.cpuUsage(); process.stderr.write('CPU_MS ' + (u.user + u.system) / 1000 + '\\n'); });\n`;
-let preload = '';
-
-interface Sample { wall: number; cpu: number }
-
-/** Wall time of one process from spawn to exit, and its CPU time; rejects on a non-zero exit. */
-function timed(args: string[], input: string, env: NodeJS.ProcessEnv): Promise<Sample> {
-  return new Promise((resolve, reject) => {
-    const started = performance.now();
-    const child = spawn(process.execPath, ['-r', preload, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.once('error', reject);
-    child.once('exit', (code) => {
-      const wall = performance.now() - started;
-      const cpu = Number(/CPU_MS ([\d.]+)/.exec(err)?.[1] ?? NaN);
-      if (code === 0) resolve({ wall, cpu });
-      else reject(new Error(`${args.join(' ')} exited ${code}: ${(out + err).slice(0, 300)}`));
-    });
-    child.stdin.end(input);
-  });
-}
-
-function quantile(sorted: number[], q: number): number {
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.round(q * (sorted.length - 1))));
-  return sorted[i]!;
-}
-
-function stats(samples: number[]) {
-  const s = [...samples].sort((a, b) => a - b);
-  return { median: quantile(s, 0.5), p10: quantile(s, 0.1), p90: quantile(s, 0.9), min: s[0]! };
-}
-
-const fmt = (ms: number) => ms.toFixed(1);
-
 async function main(): Promise<void> {
   const host = tempDir('shed-bench');
-  preload = path.join(host, 'cpu-preload.cjs');
-  fs.writeFileSync(preload, CPU_PRELOAD);
+  const { timed } = new ProcessTimer(host);
   fs.mkdirSync(path.join(host, 'docker'));
   fs.writeFileSync(path.join(host, 'docker', 'config.json'), JSON.stringify({
     auths: { [REGISTRY]: { auth: Buffer.from('bench-user:bench-password').toString('base64') } },

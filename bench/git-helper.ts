@@ -16,7 +16,6 @@
  *
  * Prints the figures and replaces the `git-helper` section of bench/RESULTS.md.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -27,6 +26,7 @@ import { memoryLogger } from '../protocol/log.js';
 import { bundleGitCredentialShed, gitEnv, storeHostCredential } from '../tests/support/git-http.js';
 import { startDirectBroker } from '../tests/support/harness.js';
 import { stopAll, tempDir } from '../tests/support/procs.js';
+import { fmt, ProcessTimer, stats, type Sample } from './process-timing.js';
 import { writeSection } from './results.js';
 
 const RUNS = Number(process.argv[2] ?? 40);
@@ -36,49 +36,9 @@ const HOST = 'git.bench.test';
 const INPUT = `protocol=https\nhost=${HOST}\npath=acme/app.git\n\n`;
 const ANSWER = 'username=bench-user\npassword=bench-token\n';
 
-/** Reports the process's own CPU time (user + system) on stderr at exit: steadier than wall time on a shared machine. */
-const CPU_PRELOAD = `process.on('exit', () => { const u = process.cpuUsage(); process.stderr.write('CPU_MS ' + (u.user + u.system) / 1000 + '\\n'); });\n`;
-let preload = '';
-
-interface Sample { wall: number; cpu: number }
-
-/** Wall time of one process from spawn to exit, and its CPU time; rejects on a non-zero exit or a wrong answer. */
-function timed(args: string[], input: string, env: NodeJS.ProcessEnv, expected?: string): Promise<Sample> {
-  return new Promise((resolve, reject) => {
-    const started = performance.now();
-    const child = spawn(process.execPath, ['-r', preload, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.once('error', reject);
-    child.once('exit', (code) => {
-      const wall = performance.now() - started;
-      const cpu = Number(/CPU_MS ([\d.]+)/.exec(err)?.[1] ?? NaN);
-      if (code !== 0) reject(new Error(`${args.join(' ')} exited ${code}: ${(out + err).slice(0, 300)}`));
-      else if (expected !== undefined && out !== expected) reject(new Error(`${args.join(' ')} answered ${JSON.stringify(out)}: ${err.slice(0, 300)}`));
-      else resolve({ wall, cpu });
-    });
-    child.stdin.end(input);
-  });
-}
-
-function quantile(sorted: number[], q: number): number {
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.round(q * (sorted.length - 1))));
-  return sorted[i]!;
-}
-
-function stats(samples: number[]) {
-  const s = [...samples].sort((a, b) => a - b);
-  return { median: quantile(s, 0.5), p10: quantile(s, 0.1), p90: quantile(s, 0.9) };
-}
-
-const fmt = (ms: number) => ms.toFixed(1);
-
 async function main(): Promise<void> {
   const dir = tempDir('shed-bench');
-  preload = path.join(dir, 'cpu-preload.cjs');
-  fs.writeFileSync(preload, CPU_PRELOAD);
+  const { timed } = new ProcessTimer(dir);
   const hostHome = path.join(dir, 'host');
   fs.mkdirSync(hostHome);
   await storeHostCredential(hostHome, { protocol: 'https', host: HOST, username: 'bench-user', password: 'bench-token' });
