@@ -8,13 +8,12 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BusClient } from '../../guest-services/bus-client.js';
 import { DiscoveryWatcher } from '../../host-broker/transports/discovery.js';
 import type { ServerConnection } from '../../host-broker/transports/server-config.js';
 import { ServerSet } from '../../host-broker/transports/server-set.js';
 import { envelopeOf, type RequestSink } from '../../host-broker/transports/transport.js';
 import { memoryLogger } from '../../protocol/log.js';
-import { FAST_TIMINGS, ShedAgentEmulator, ShedServerEmulator } from '../support/bus-emulator.js';
+import { FAST_TIMINGS, ShedServerFleet } from '../support/bus-emulator.js';
 import { tempDir, waitFor } from '../support/procs.js';
 import { startSecureShed, type SecureShed } from '../support/secure-shed.js';
 
@@ -34,37 +33,22 @@ function save(file: string, text: string): void {
 
 describe('discovery of servers in ~/.shed/config.yaml', function () {
   this.timeout(60_000);
-  const emulators: ShedServerEmulator[] = [];
-  const agents: ShedAgentEmulator[] = [];
-  const clients: BusClient[] = [];
+  const fleet = new ShedServerFleet();
   let set: ServerSet | undefined;
   let watcher: DiscoveryWatcher | undefined;
   let secure: SecureShed | undefined;
 
   afterEach(async () => {
-    clients.splice(0).forEach((c) => c.close());
     watcher?.stop();
     await set?.stop();
-    await Promise.all(agents.splice(0).map((a) => a.stop()));
-    await Promise.all(emulators.splice(0).map((e) => e.stop()));
+    await fleet.stop();
     await secure?.stop();
     watcher = undefined;
     set = undefined;
     secure = undefined;
   });
 
-  async function server(): Promise<{ emulator: ShedServerEmulator; guest: BusClient; port: number }> {
-    const emulator = new ShedServerEmulator();
-    await emulator.start();
-    emulators.push(emulator);
-    emulator.connectShed('alpha');
-    const agent = new ShedAgentEmulator(emulator, 'alpha');
-    await agent.start();
-    agents.push(agent);
-    const guest = new BusClient({ publishUrl: agent.url, deadlineMs: 3000 });
-    clients.push(guest);
-    return { emulator, guest, port: Number(new URL(emulator.url).port) };
-  }
+  const server = () => fleet.add('alpha', 3000);
 
   it('follows edits: a server added gets subscriptions within seconds, a removed one stops; a broken or hostile edit keeps the last good list', async () => {
     const one = await server();

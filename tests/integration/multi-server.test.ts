@@ -9,14 +9,13 @@
 import { expect } from 'chai';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BusClient } from '../../guest-services/bus-client.js';
 import { parseAuditLine } from '../../host-broker/audit/audit.js';
 import { Broker } from '../../host-broker/broker.js';
 import type { NamespaceHandler } from '../../host-broker/handler.js';
 import { policyFromDocument } from '../../host-broker/policy/policy.js';
 import { statusAnswer } from '../../host-broker/status/snapshot.js';
 import { memoryLogger } from '../../protocol/log.js';
-import { FAST_TIMINGS, ShedAgentEmulator, ShedServerEmulator } from '../support/bus-emulator.js';
+import { FAST_TIMINGS, ShedServerFleet } from '../support/bus-emulator.js';
 import { tempDir, waitFor } from '../support/procs.js';
 
 /** Answers with what the broker decided: the shed's key and the registries its policy allows. */
@@ -36,32 +35,20 @@ function save(file: string, text: string): void {
 
 describe('one broker, many shed servers (discovery and servers.<name>)', function () {
   this.timeout(60_000);
-  const emulators: ShedServerEmulator[] = [];
-  const agents: ShedAgentEmulator[] = [];
-  const clients: BusClient[] = [];
+  const fleet = new ShedServerFleet();
   let broker: Broker | undefined;
 
   afterEach(async () => {
-    clients.splice(0).forEach((c) => c.close());
     await broker?.stop();
     broker = undefined;
-    await Promise.all(agents.splice(0).map((a) => a.stop()));
-    await Promise.all(emulators.splice(0).map((e) => e.stop()));
+    await fleet.stop();
   });
 
   /** A stand-in shed server with shed `web` connected, and web's guest client. */
-  async function server(): Promise<{ emulator: ShedServerEmulator; web: BusClient; port: number }> {
-    const emulator = new ShedServerEmulator();
-    await emulator.start();
-    emulators.push(emulator);
-    emulator.connectShed('web');
-    const agent = new ShedAgentEmulator(emulator, 'web');
-    await agent.start();
-    agents.push(agent);
-    const web = new BusClient({ publishUrl: agent.url, deadlineMs: 5000 });
-    clients.push(web);
-    return { emulator, web, port: Number(new URL(emulator.url).port) };
-  }
+  const server = async () => {
+    const { guest, ...rest } = await fleet.add('web', 5000);
+    return { ...rest, web: guest };
+  };
 
   it('serves the servers config.yaml lists as it changes; the same shed name on two servers is two sheds, each under its own policy and audit file', async () => {
     const one = await server();

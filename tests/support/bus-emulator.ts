@@ -20,6 +20,7 @@ import { requestEnvelope, uuidv7Time } from '../../protocol/messages.js';
 import type { ServerConnection } from '../../host-broker/transports/server-config.js';
 import { ShedServerTransport, type ShedServerTimings } from '../../host-broker/transports/shed-server.js';
 import { memoryLogger } from '../../protocol/log.js';
+import { BusClient } from '../../guest-services/bus-client.js';
 import { startHarness, type Harness, type HarnessOptions } from './harness.js';
 import type { TokenAuthority } from './secure-shed.js';
 
@@ -768,4 +769,35 @@ export async function startShedBroker(options: ShedHarnessOptions): Promise<Shed
     throw err;
   }
   return { ...harness, server, agent };
+}
+
+/**
+ * Stand-in shed servers, each with one shed connected through its own
+ * stand-in shed-agent and a guest client of that shed (tests of many servers).
+ */
+export class ShedServerFleet {
+  private readonly emulators: ShedServerEmulator[] = [];
+  private readonly agents: ShedAgentEmulator[] = [];
+  private readonly clients: BusClient[] = [];
+
+  /** A started server with `shed` connected, the shed's guest client, and the server's port. */
+  async add(shed: string, deadlineMs: number): Promise<{ emulator: ShedServerEmulator; guest: BusClient; port: number }> {
+    const emulator = new ShedServerEmulator();
+    await emulator.start();
+    this.emulators.push(emulator);
+    emulator.connectShed(shed);
+    const agent = new ShedAgentEmulator(emulator, shed);
+    await agent.start();
+    this.agents.push(agent);
+    const guest = new BusClient({ publishUrl: agent.url, deadlineMs });
+    this.clients.push(guest);
+    return { emulator, guest, port: Number(new URL(emulator.url).port) };
+  }
+
+  /** Close the clients, then stop the agents and the servers. */
+  async stop(): Promise<void> {
+    this.clients.splice(0).forEach((c) => c.close());
+    await Promise.all(this.agents.splice(0).map((a) => a.stop()));
+    await Promise.all(this.emulators.splice(0).map((e) => e.stop()));
+  }
 }
