@@ -5,26 +5,12 @@ import { runHelper, USAGE } from '../../guest-services/docker-credential/helper.
 import { VERSION } from '../../protocol/version.js';
 import { startDirectBroker, type Harness } from '../support/harness.js';
 import { bundleDockerCredentialShed, guestBinDir } from '../support/registry.js';
+import { runCaptured } from '../support/one-shot.js';
 import { run, tempDir } from '../support/procs.js';
 
 const NOT_FOUND = 'credentials not found in native keychain\n';
 
-async function helper(argv: string[], options: { stdin?: string; env?: Record<string, string>; tty?: boolean } = {}) {
-  let stdout = '';
-  let stderr = '';
-  let stdinRead = false;
-  const code = await runHelper(argv, {
-    readStdin: async () => {
-      stdinRead = true;
-      return options.stdin ?? '';
-    },
-    stdinIsTTY: options.tty,
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    env: options.env ?? {},
-  });
-  return { code, stdout, stderr, stdinRead };
-}
+const helper = (argv: string[], options: Parameters<typeof runCaptured>[2] = {}) => runCaptured(runHelper, argv, options);
 
 /** A docker-credentials host whose answer the server URL picks: `CODE.example` → that error; `empty.example` → empty credentials. */
 const scripted: NamespaceHandler = {

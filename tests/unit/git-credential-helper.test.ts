@@ -8,24 +8,10 @@ import { memoryLogger } from '../../protocol/log.js';
 import { VERSION } from '../../protocol/version.js';
 import { startDirectBroker, type Harness } from '../support/harness.js';
 import { bundleGitCredentialShed, gitGuestBinDir } from '../support/git-http.js';
+import { runCaptured } from '../support/one-shot.js';
 import { run, tempDir } from '../support/procs.js';
 
-async function helper(argv: string[], options: { stdin?: string; env?: Record<string, string>; tty?: boolean } = {}) {
-  let stdout = '';
-  let stderr = '';
-  let stdinRead = false;
-  const code = await runHelper(argv, {
-    readStdin: async () => {
-      stdinRead = true;
-      return options.stdin ?? '';
-    },
-    stdinIsTTY: options.tty,
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    env: options.env ?? {},
-  });
-  return { code, stdout, stderr, stdinRead };
-}
+const helper = (argv: string[], options: Parameters<typeof runCaptured>[2] = {}) => runCaptured(runHelper, argv, options);
 
 /** No answer for git: exit 0, nothing on stdout, exactly one line on stderr. */
 function noAnswer(r: { code: number; stdout: string; stderr: string }, contains: string) {
