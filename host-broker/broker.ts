@@ -28,7 +28,8 @@ import { ShedServerTransport, type ShedServerTimings } from './transports/shed-s
 import { envelopeOf, type Reply, type RequestSink, type Transport } from './transports/transport.js';
 import { FairTurns } from './turns.js';
 import { stateDirOf } from './status/server.js';
-import { DEFAULT_SERVER, shedKey, VIA_DIRECT, type ShedOrigin } from './origin.js';
+import { shedKey, VIA_DIRECT, type ShedOrigin } from './origin.js';
+import { DEFAULT_SERVER_NAME } from './policy/schema.js';
 
 export interface BrokerOptions {
   /** Reads and validates the policy; called at start and on every reload. Throws PolicyError when invalid. */
@@ -224,7 +225,7 @@ export class Broker {
     // The top-level `server:` starts with the broker, all or nothing; the
     // named servers (servers:, discovery) come and go with the policy and
     // shed's config.yaml, and one that cannot start is reported, not fatal.
-    const top = policy.servers().find((s) => s.name === DEFAULT_SERVER);
+    const top = policy.servers().find((s) => s.name === DEFAULT_SERVER_NAME);
     if (top) {
       const transport = new ShedServerTransport({
         server: top,
@@ -233,7 +234,7 @@ export class Broker {
         timings: this.options.shedServerTimings,
       });
       transports.push(transport);
-      this.serverEntries.push({ name: DEFAULT_SERVER, url: top.url, state: () => transport.state() });
+      this.serverEntries.push({ name: DEFAULT_SERVER_NAME, url: top.url, state: () => transport.state() });
     }
     if (transports.length === 0 && policy.serverScopes().length === 0 && !policy.discovery()) {
       throw new Error('the policy enables no transport: add a `server:` section or leave `direct:` enabled');
@@ -241,7 +242,7 @@ export class Broker {
     for (const transport of transports) {
       // Kept before it starts, so a start that fails half-way is stopped too.
       this.transports.push(transport);
-      await transport.start(this.sinkFor(transport === this.direct ? VIA_DIRECT : DEFAULT_SERVER));
+      await transport.start(this.sinkFor(transport === this.direct ? VIA_DIRECT : DEFAULT_SERVER_NAME));
       if (this.stopRequested) throw new Error('stopped while starting');
       log.info(`listening: ${transport.description}`);
     }
@@ -314,12 +315,12 @@ export class Broker {
    * `servers.<name>` sets for it laid over what discovery found.
    */
   private async updateServers(policy: Policy): Promise<void> {
-    const explicit = policy.servers().filter((s) => s.name !== DEFAULT_SERVER);
+    const explicit = policy.servers().filter((s) => s.name !== DEFAULT_SERVER_NAME);
     const taken = new Set(explicit.map((s) => s.name));
     const found: ServerConnection[] = [];
     for (const s of this.discovery?.servers ?? []) {
-      if (s.name === DEFAULT_SERVER) {
-        this.options.log.warn(`${policy.discovery()?.source ?? 'shed\'s config.yaml'} names a server "${DEFAULT_SERVER}", the name the top-level server: goes by; skipping it (rename it there)`);
+      if (s.name === DEFAULT_SERVER_NAME) {
+        this.options.log.warn(`${policy.discovery()?.source ?? 'shed\'s config.yaml'} names a server "${DEFAULT_SERVER_NAME}", which is the top-level server's name here: skipping it (rename it there)`);
         continue;
       }
       if (!taken.has(s.name)) found.push(overlay(s, policy.serverSettings(s.name)));

@@ -14,14 +14,12 @@ export interface ShedOrigin {
   name: string;
   /** The named server it came through (under `servers:` or from discovery); undefined for direct sockets and the top-level `server:`. */
   server?: string;
-  /** How it arrived, for audit lines: `direct`, `default` (the top-level server), or the server's name. */
+  /** How it arrived, for audit lines: `direct`, `default` (the top-level server, DEFAULT_SERVER_NAME), or the server's name. */
   via: string;
 }
 
 /** The direct sockets' label in audit lines. */
 export const VIA_DIRECT = 'direct';
-/** The top-level `server:`'s name in audit lines and status. */
-export const DEFAULT_SERVER = 'default';
 
 /** `alice`, or `alice@mini2` for a shed of a named server. */
 export function shedKey(origin: Pick<ShedOrigin, 'name' | 'server'>): string {

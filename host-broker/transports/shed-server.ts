@@ -21,6 +21,7 @@ import { normalizePin, readClientIdentity, type ClientIdentity, type Pin } from 
 import type { Credentials } from './credentials.js';
 import { createTokenSource, DEFAULT_TOKEN_TIMINGS, type TokenSource, type TokenTimings } from './token-source.js';
 import type { RequestSink, Transport } from './transport.js';
+import { DEFAULT_SERVER_NAME } from '../policy/schema.js';
 
 export { certificatePin, normalizePin } from './tls.js';
 
@@ -90,7 +91,7 @@ export class ShedServerTransport implements Transport {
     const server = options.server;
     this.connection = server;
     this.server = server.name;
-    this.keyPrefix = server.name === 'default' ? 'server' : `servers.${server.name}`;
+    this.keyPrefix = server.name === DEFAULT_SERVER_NAME ? 'server' : `servers.${server.name}`;
     const key = this.keyPrefix;
     let base: URL;
     try {
@@ -113,11 +114,11 @@ export class ShedServerTransport implements Transport {
     this.configPin = server.tlsPin ? { hex: normalizePin(server.tlsPin, `${key}.tls_pin`), source: `${key}.tls_pin` } : undefined;
     this.base = base;
     this.timings = { ...DEFAULT_TIMINGS, ...options.timings };
-    this.where = server.name === 'default' ? base.origin : `${base.origin} (server ${server.name})`;
+    this.where = server.name === DEFAULT_SERVER_NAME ? base.origin : `${base.origin} (server ${server.name})`;
     this.namespaces = [...(server.namespaces ?? options.defaultNamespaces ?? [])];
     // Mutual TLS replaces the bearer token: no token is read or sent then.
     this.tokens = server.clientCert ? undefined : (options.tokenSource ?? this.makeTokenSource());
-    const label = server.name === 'default' ? 'shed-server' : `shed-server ${server.name}`;
+    const label = server.name === DEFAULT_SERVER_NAME ? 'shed-server' : `shed-server ${server.name}`;
     this.description = `${label} ${base.origin} (${this.namespaces.length ? this.namespaces.join(', ') : 'no namespaces'})`;
   }
 
