@@ -60,9 +60,6 @@ export class ServerSet {
     return [...this.running.keys()].sort();
   }
 
-  transport(name: string): ShedServerTransport | undefined {
-    return this.running.get(name)?.transport;
-  }
 
   /** Per server, per namespace: `connected`, `reconnecting: <reason>` or `stopped`. */
   state(): Record<string, Record<string, string>> {
@@ -87,10 +84,6 @@ export class ServerSet {
     });
   }
 
-  /** Why a server is not served, when it is not (for status). */
-  problem(name: string): string | undefined {
-    return this.running.get(name)?.problem;
-  }
 
   async stop(): Promise<void> {
     this.stopped = true;

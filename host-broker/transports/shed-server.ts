@@ -180,10 +180,6 @@ export class ShedServerTransport implements Transport {
     return out;
   }
 
-  /** Namespaces with a live subscription (for status and tests). */
-  get connectedNamespaces(): string[] {
-    return [...this.subscriptions.values()].filter((s) => s.connected).map((s) => s.namespace).sort();
-  }
 
   /** The pin for the next TLS connection: the config's, else the one the credentials bundle names. */
   private pin(): Pin | undefined {
