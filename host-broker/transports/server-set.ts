@@ -60,7 +60,6 @@ export class ServerSet {
     return [...this.running.keys()].sort();
   }
 
-
   /** Per server, per namespace: `connected`, `reconnecting: <reason>` or `stopped`. */
   state(): Record<string, Record<string, string>> {
     const out: Record<string, Record<string, string>> = {};
