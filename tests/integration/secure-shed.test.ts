@@ -147,6 +147,8 @@ describe('secure-mode shed server: tokens minted over SSH', function () {
     shed.mint.failing = false;
     await waitFor(() => h!.server.listenerNamespaces().length === 1, 10_000, 'the subscription once the mint works');
     expect(h.log.lines.join('\n')).to.match(/got a token from server\.bootstrap .*\(working again\)/);
+    // The server registers the listener before the broker has read its answer: wait for the broker's side too.
+    await waitFor(() => t.state()['ssh-agent'] === 'connected', 5000, 'the broker to see its subscription answered');
     expect(t.state()).to.deep.equal({ 'ssh-agent': 'connected' });
     expect(await client().publish('ssh-agent', { operation: 'list', echo: 'ok' })).to.deep.equal({ shed: 'alpha', echo: 'ok', operation: 'list' });
   });
